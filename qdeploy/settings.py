@@ -1,0 +1,102 @@
+"""The catalogue of settings: each carries its TOML key, CLI flag, parser, default and help together.
+
+The config loader, the click options and the README's config reference are all generated from
+this one list, so they cannot drift apart (the gunicorn ``config.py`` idea).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from qdeploy import datatypes as t
+
+TARGETS = ("default", "initd", "systemd", "supervisor", "tmpfiles", "sysusers", "logrotate", "config")
+
+
+@dataclass(frozen=True)
+class Setting:
+    key: str  # dotted TOML key: "worker.concurrency"
+    default: Any
+    parse: t.Parser
+    help: str
+    flag: str | None = None  # long CLI flag of `qdeploy render` (and later `qdeploy worker`)
+    short: str | None = None
+    per_node: bool = False  # may be overridden in a [node."SELECTOR"] table
+
+    @property
+    def section(self) -> str:
+        return self.key.rpartition(".")[0]
+
+    @property
+    def name(self) -> str:
+        return self.key.rpartition(".")[2]
+
+
+def _s(key: str, default: Any, parse: t.Parser, help: str, flag: str | None = None, **kw: Any) -> Setting:
+    return Setting(key, default, parse, help, flag, **kw)
+
+
+queue_list = t.string_list(t.pattern(t.QUEUE_NAME, "queue names of letters, digits and _ . : -"), "queue names")
+user_name = t.pattern(t.POSIX_USER, "a POSIX user name (lower case, digits, _ -)")
+
+SETTINGS: tuple[Setting, ...] = (
+    # -- where things are -------------------------------------------------------------------
+    _s("app", "qdeploy.demo:app", t.pattern(t.IMPORT_PATH, "an import path such as proj.tasks:app"),
+       "Import path of the application object (`module:attribute`).", "--app", short="-A"),
+    _s("broker", "redis://127.0.0.1:6379/0", t.broker_url,
+       "Broker URL: `redis://`, `rediss://` (TLS), `unix://` or `sentinel://`. May hold a password: "
+       "files that contain it are rendered 0640.", "--broker", short="-b"),
+    _s("workdir", "/var/lib/qdeploy", t.absolute_path, "Working directory of every process.", "--workdir"),
+    _s("executable", "auto", t.executable,
+       "Absolute path of the `qdeploy` executable the services run, e.g. `/opt/qdeploy/venv/bin/qdeploy`. "
+       "`auto` = the `qdeploy` that runs `render`.", "--executable"),
+    _s("config_path", "/etc/qdeploy/qdeploy.toml", t.absolute_path,
+       "Where the rendered services read this config from on the host.", "--config-path"),
+    _s("user", "qdeploy", user_name, "System user the services run as.", "--user"),
+    _s("group", "qdeploy", user_name, "System group the services run as.", "--group"),
+    _s("umask", "0027", t.umask, "File mode creation mask of the services (octal string).", "--umask"),
+    _s("log_dir", "/var/log/qdeploy", t.absolute_path, "Log directory (init.d and supervisord logs).", "--log-dir"),
+    _s("pid_dir", "/run/qdeploy", t.absolute_path, "Pid file directory.", "--pid-dir"),
+    _s("state_dir", "/var/lib/qdeploy", t.absolute_path, "State directory (beat state, scratch space).", "--state-dir"),
+    _s("log_level", "info", t.choice("debug", "info", "warning", "error", "critical"), "Log level.",
+       "--log-level", short="-l"),
+    _s("flavour", "debian", t.choice("debian", "rhel"),
+       "`debian` renders `/etc/default/…`, `rhel` renders `/etc/sysconfig/…`.", "--flavour"),
+    _s("targets", list(TARGETS), t.string_list(t.choice(*TARGETS), "targets"),
+       f"Which artifacts to render: {', '.join(TARGETS)}.", "--only"),
+    _s("env", {}, t.environment,
+       "Extra environment variables for every service (`[env]` table), e.g. `DJANGO_SETTINGS_MODULE`."),
+    # -- workers -----------------------------------------------------------------------------
+    _s("worker.nodes", ["1"], t.nodes,
+       "Worker nodes: a count (`3` → nodes `1 2 3`) or a list of names (`[\"images\", \"default\"]`).",
+       "--nodes", short="-N"),
+    _s("worker.concurrency", 0, t.integer(0, 1024), "Child processes per node; 0 = one per CPU core.",
+       "--concurrency", short="-c", per_node=True),
+    _s("worker.queues", ["default"], queue_list, "Queues to consume, in priority order.",
+       "--queues", short="-Q", per_node=True),
+    _s("worker.max_tasks_per_child", 0, t.integer(0), "Recycle a child after this many tasks; 0 = never.",
+       "--max-tasks-per-child", per_node=True),
+    _s("worker.max_memory_per_child", 0, t.size_kib,
+       "Recycle a child whose *current* memory exceeds this (KiB, or `512M`, `2G`); 0 = never.",
+       "--max-memory-per-child", per_node=True),
+    _s("worker.time_limit", 0.0, t.duration, "Hard time limit per task (seconds or `5m`); 0 = none.",
+       "--time-limit", per_node=True),
+    _s("worker.soft_time_limit", 0.0, t.duration, "Soft time limit per task; 0 = none.",
+       "--soft-time-limit", per_node=True),
+    _s("worker.graceful_timeout", 60.0, t.duration,
+       "How long a warm shutdown waits for running tasks before requeueing them. Service managers "
+       "wait this plus a margin before they kill.", "--graceful-timeout", per_node=True),
+    _s("worker.extra_args", [], t.argv_list,
+       "Extra arguments appended to every worker's command line (per-node options belong in `[node.N]`)."),
+    # -- beat --------------------------------------------------------------------------------
+    _s("beat.enabled", True, t.boolean, "Render the `qbeat` scheduler service.", "--beat/--no-beat"),
+    _s("beat.max_interval", 5.0, t.duration, "Longest sleep between schedule checks."),
+    _s("beat.lock_timeout", 30.0, t.duration,
+       "Leader lock TTL: a new beat takes over at most this long after the leader dies."),
+    _s("beat.extra_args", [], t.argv_list, "Extra arguments appended to the beat command line."),
+)
+
+BY_KEY = {s.key: s for s in SETTINGS}
+SECTIONS = ("", "worker", "beat")
+NODE_SETTINGS = {s.name: s for s in SETTINGS if s.per_node}
