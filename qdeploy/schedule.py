@@ -1,0 +1,505 @@
+"""Schedule maths for ``qdeploy beat``: crontab and interval schedules.
+
+Pure logic, no I/O. Every schedule answers ``next_after(dt)``: the first fire
+time strictly after the aware datetime ``dt``.
+
+* ``crontab`` follows Celery's semantics. A time matches when *every* field
+  matches: when both ``day_of_month`` and ``day_of_week`` are restricted, both
+  must match (Celery ANDs them; classic Vixie cron ORs them, so ``0 0 13 * fri``
+  here means "Friday the 13th", not "the 13th and every Friday").
+  Crontabs are evaluated on the wall clock of their timezone (UTC by default).
+* DST policy. A wall time skipped by a forward jump (02:30 on the spring-forward
+  day) fires once, at the first valid instant after the gap (the jump itself,
+  03:00 local), like Vixie cron; several skipped slots collapse into that one
+  fire. A wall time that happens twice (01:30 on the fall-back day) fires
+  once, on its first occurrence (``fold=0``).
+* ``every`` is elapsed time, not wall clock: ``every('1h')`` after 01:30 EDT on
+  the fall-back day is 01:30 EST.
+"""
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import re
+from abc import ABC, abstractmethod
+from bisect import bisect_left
+from calendar import monthrange, weekday
+from collections.abc import Mapping
+from datetime import MAXYEAR, datetime, timedelta, timezone, tzinfo
+from typing import Any, NamedTuple, Union
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+UTC = timezone.utc
+FieldSpec = Union[int, str, list, tuple, set, frozenset, range]
+_SEQUENCES = (list, tuple, set, frozenset, range)
+
+# ---- parsers: cron fields, intervals, timezones (no schedule logic here) ----
+
+_DAYS = ("sunday", "monday", "tuesday", "wednesday", "thursday", "friday", "saturday")
+_MONTHS = ("january", "february", "march", "april", "may", "june", "july",
+           "august", "september", "october", "november", "december")
+_DAY_NAMES = {k: i for i, d in enumerate(_DAYS) for k in (d, d[:3])}
+_MONTH_NAMES = {k: i for i, m in enumerate(_MONTHS, 1) for k in (m, m[:3])}
+_MAX_MONTH_DAYS = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+
+
+class _Field(NamedTuple):
+    name: str
+    lo: int
+    hi: int  # largest literal accepted
+    star_hi: int  # largest value '*' expands to (day_of_week 7 is an alias of 0)
+    names: Mapping[str, int]
+    expected: str
+
+
+_FIELDS = {f.name: f for f in (
+    _Field("minute", 0, 59, 59, {}, "0-59"),
+    _Field("hour", 0, 23, 23, {}, "0-23"),
+    _Field("day_of_week", 0, 7, 6, _DAY_NAMES, "0-7 with 0 or 7 = Sunday, or sun..sat"),
+    _Field("day_of_month", 1, 31, 31, {}, "1-31"),
+    _Field("month_of_year", 1, 12, 12, _MONTH_NAMES, "1-12 or jan..dec"),
+)}
+_PART = re.compile(r"(?:(\*)|([a-z0-9]+)(?:-([a-z0-9]+))?)(?:/([0-9]+))?", re.ASCII)
+_SHAPES = "N, A-B, */S, A-B/S, N/S or a comma list of them"
+
+
+def parse_field(name: str, spec: FieldSpec) -> frozenset[int]:
+    """Expand one crontab field (``'*/15'``, ``'mon-fri'``, ``5``, ``[0, 30]``)."""
+    field = _FIELDS[name]
+    if isinstance(spec, bool):
+        raise ValueError(f"{name} must be a number or a cron field string, got {spec!r}")
+    if isinstance(spec, int):
+        values = [_check(field, spec, str(spec))]
+    elif isinstance(spec, str):
+        values = _parse_text(field, spec)
+    elif isinstance(spec, _SEQUENCES):
+        if not spec:
+            raise ValueError(f"{name} is an empty list (expected {field.expected})")
+        values = [v for item in spec for v in parse_field(name, item)]
+    else:
+        raise ValueError(f"{name} must be a number or a cron field string, got {spec!r}")
+    result = frozenset(v % 7 if name == "day_of_week" else v for v in values)
+    if not result:
+        raise ValueError(f"{name} {spec!r} matches nothing")
+    return result
+
+
+def _parse_text(field: _Field, text: str) -> list[int]:
+    spec = text.strip().lower()
+    if not spec:
+        raise ValueError(f"{field.name} is empty (expected {field.expected} or '*')")
+    out: list[int] = []
+    for part in (p.strip() for p in spec.split(",")):
+        if not part:
+            raise ValueError(f"{field.name} {text!r} has an empty list item")
+        m = _PART.fullmatch(part)
+        if m is None:
+            raise ValueError(f"bad {field.name} {part!r} (expected {_SHAPES})")
+        star, first, last, step = m.groups()
+        if star:
+            seq = list(range(field.lo, field.star_hi + 1))
+        else:
+            a = _value(field, first)
+            b = _value(field, last) if last is not None else (field.star_hi if step else a)
+            # a reversed range wraps around, as in Celery: 'fri-mon', hour '22-2'
+            seq = (list(range(a, b + 1)) if a <= b
+                   else list(range(a, field.star_hi + 1)) + list(range(field.lo, b + 1)))
+        if step is not None:
+            stride = int(step) if len(step) <= 9 else 10**9  # int() refuses huge digit strings
+            if stride < 1:
+                raise ValueError(f"{field.name} step in {part!r} must be at least 1")
+            seq = seq[::stride]
+        out.extend(seq)
+    return out
+
+
+def _value(field: _Field, token: str) -> int:
+    if token.isdigit():  # (-1 stands for "far too many digits": out of range either way)
+        return _check(field, int(token) if len(token) <= 9 else -1, token)
+    if token in field.names:
+        return field.names[token]
+    raise ValueError(f"unknown {field.name} {token!r} (expected {field.expected})")
+
+
+def _check(field: _Field, value: int, token: str) -> int:
+    if not field.lo <= value <= field.hi:
+        raise ValueError(f"{field.name} {token!r} is out of range {field.lo}-{field.hi}")
+    return value
+
+
+MAX_INTERVAL = timedelta(days=36525)  # longer is a config mistake (and overflows datetimes)
+_UNITS = {"w": 604800, "d": 86400, "h": 3600, "m": 60, "s": 1}
+_NUMBER = r"[0-9]+(?:\.[0-9]+)?"
+_DURATION = re.compile(rf"(?:{_NUMBER}\s*[wdhms]\s*)+|{_NUMBER}", re.ASCII)
+_DURATION_PART = re.compile(rf"({_NUMBER})\s*([wdhms])", re.ASCII)
+
+
+def parse_interval(value: Any) -> timedelta:
+    """``'30s'``, ``'5m'``, ``'1h30m'``, ``'2d'``, ``90``, ``2.5`` or a timedelta -> timedelta."""
+    if isinstance(value, timedelta):
+        interval = value
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        interval = _seconds(value, value)
+    elif isinstance(value, str):
+        text = value.strip().lower()
+        if not _DURATION.fullmatch(text):
+            raise ValueError(f"bad interval {value!r} (expected seconds or a duration "
+                             f"like '30s', '5m', '1h30m', '2d')")
+        parts = _DURATION_PART.findall(text) or [(text, "s")]
+        units = [u for _, u in parts]
+        if len(set(units)) != len(units):
+            raise ValueError(f"bad interval {value!r}: a unit is repeated")
+        try:
+            interval = sum((_seconds(float(n) * _UNITS[u], value) for n, u in parts), timedelta())
+        except OverflowError:
+            raise ValueError(f"interval {value!r} is too large") from None
+    else:
+        raise ValueError(f"interval must be seconds, a duration string or a timedelta, "
+                         f"got {type(value).__name__} {value!r}")
+    if interval <= timedelta(0):
+        raise ValueError(f"interval {value!r} must be positive")
+    if interval > MAX_INTERVAL:
+        raise ValueError(f"interval {value!r} is too large (at most 100 years)")
+    return interval
+
+
+def _seconds(amount: float, original: Any) -> timedelta:
+    if isinstance(amount, float) and not math.isfinite(amount):
+        raise ValueError(f"interval {original!r} is not a finite number of seconds")
+    try:
+        return timedelta(seconds=amount)
+    except OverflowError:
+        raise ValueError(f"interval {original!r} is too large") from None
+
+
+def format_interval(interval: timedelta) -> str:
+    """The inverse of :func:`parse_interval`: ``timedelta(seconds=5400)`` -> ``'1h30m'``."""
+    if interval.microseconds:
+        return f"{interval.total_seconds():.6f}".rstrip("0") + "s"
+    rest, parts = int(interval.total_seconds()), []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        count, rest = divmod(rest, size)
+        if count:
+            parts.append(f"{count}{unit}")
+    return "".join(parts) or "0s"
+
+
+def resolve_timezone(name: str | tzinfo | None = None, *, enable_utc: bool = True) -> tzinfo:
+    """The zone crontabs run in: ``name``; else UTC when ``enable_utc``; else the host's."""
+    if isinstance(name, tzinfo):
+        return name
+    if name is not None and not isinstance(name, str):
+        raise ValueError(f"timezone must be a name like 'Asia/Shanghai', got {name!r}")
+    if name:
+        try:
+            return ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError, OSError):
+            raise ValueError(f"unknown timezone {name!r} "
+                             f"(expected an IANA name like 'Asia/Shanghai')") from None
+    if enable_utc:
+        return UTC
+    key = os.environ.get("TZ", "").lstrip(":")
+    try:
+        if key:
+            return ZoneInfo(key)
+        with open("/etc/localtime", "rb") as fh:
+            return ZoneInfo.from_file(fh, key="localtime")
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        return UTC
+
+
+# ---- schedules ----
+
+class Due(NamedTuple):
+    due: bool
+    next_run: datetime  # the next fire if the entry runs now (due) or is left alone
+
+
+class CatchUp(NamedTuple):
+    run: bool  # send the task once, now
+    slot: datetime | None  # the missed slot being run, or the first one skipped
+    next_run: datetime
+
+
+class Schedule(ABC):
+    @abstractmethod
+    def next_after(self, dt: datetime) -> datetime:
+        """The first fire time strictly after the aware datetime ``dt``."""
+
+    @abstractmethod
+    def first_slot_from(self, last_run: datetime, start: datetime) -> datetime:
+        """The earliest fire time after ``last_run`` that is at or after ``start``."""
+
+    def is_due(self, last_run: datetime | None, now: datetime) -> Due:
+        """Is a run owed at ``now``? An entry with no ``last_run`` is anchored at
+        ``now`` (like Celery): it first fires at ``next_after(now)``."""
+        if last_run is not None and _utc(self.next_after(last_run)) <= _utc(now):
+            return Due(True, self.next_after(now))
+        return Due(False, self.next_after(now if last_run is None else last_run))
+
+
+def catch_up(schedule: Schedule, last_run: datetime | None, now: datetime,
+             grace: timedelta | float | None = None) -> CatchUp:
+    """What beat does at ``now`` about slots missed since ``last_run``.
+
+    Missed slots never pile up: the entry runs at most once. It runs when its
+    most recent missed slot is at most ``grace`` old (always when ``grace`` is
+    None); otherwise the slots are skipped. Either way the following fire is
+    ``next_after(now)``.
+    """
+    if last_run is None:
+        return CatchUp(False, None, schedule.next_after(now))
+    if _utc(first := schedule.next_after(last_run)) > _utc(now):
+        return CatchUp(False, None, first)
+    slot = first
+    if grace is not None:
+        window = grace if isinstance(grace, timedelta) else timedelta(seconds=grace)
+        if window < timedelta(0):
+            raise ValueError(f"misfire grace {grace!r} must not be negative")
+        slot = schedule.first_slot_from(last_run, _utc(now) - window)
+    run = _utc(slot) <= _utc(now)
+    return CatchUp(run, slot if run else first, schedule.next_after(now))
+
+
+class every(Schedule):
+    """An interval schedule: fires ``interval`` of elapsed time after the last run."""
+
+    def __init__(self, interval: timedelta | float | str) -> None:
+        self.interval = parse_interval(interval)
+
+    def next_after(self, dt: datetime) -> datetime:
+        return (_utc(dt) + self.interval).astimezone(dt.tzinfo)
+
+    def first_slot_from(self, last_run: datetime, start: datetime) -> datetime:
+        # slots are last_run + k * interval, k >= 1
+        k = max(1, -((_utc(last_run) - _utc(start)) // self.interval))
+        return (_utc(last_run) + k * self.interval).astimezone(last_run.tzinfo)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, every) and other.interval == self.interval
+
+    def __hash__(self) -> int:
+        return hash(("every", self.interval))
+
+    def __repr__(self) -> str:
+        return f"every({format_interval(self.interval)!r})"
+
+
+_CRON_ALIASES = {"@yearly": "0 0 1 1 *", "@annually": "0 0 1 1 *", "@monthly": "0 0 1 * *",
+                 "@weekly": "0 0 * * 0", "@daily": "0 0 * * *", "@midnight": "0 0 * * *",
+                 "@hourly": "0 * * * *"}
+_MINUTE = timedelta(minutes=1)
+
+
+class crontab(Schedule):
+    """Celery's ``crontab(minute, hour, day_of_week, day_of_month, month_of_year)``."""
+
+    def __init__(self, minute: FieldSpec = "*", hour: FieldSpec = "*",
+                 day_of_week: FieldSpec = "*", day_of_month: FieldSpec = "*",
+                 month_of_year: FieldSpec = "*", tz: str | tzinfo | None = None) -> None:
+        specs = {"minute": minute, "hour": hour, "day_of_month": day_of_month,
+                 "month_of_year": month_of_year, "day_of_week": day_of_week}
+        sets = {name: parse_field(name, spec) for name, spec in specs.items()}
+        self.minute, self.hour = sets["minute"], sets["hour"]
+        self.day_of_week, self.day_of_month = sets["day_of_week"], sets["day_of_month"]
+        self.month_of_year = sets["month_of_year"]
+        self.tz = resolve_timezone(tz)
+        self._text = " ".join(_spec_text(spec) for spec in specs.values())  # cron order
+        self._sorted = tuple(tuple(sorted(s)) for s in (
+            self.month_of_year, self.day_of_month, self.hour, self.minute))
+        if not any(d <= _MAX_MONTH_DAYS[m - 1] for m in self.month_of_year
+                   for d in self.day_of_month):
+            raise ValueError(f"day_of_month {_spec_text(day_of_month)!r} never occurs in "
+                             f"month_of_year {_spec_text(month_of_year)!r}")
+
+    @classmethod
+    def from_string(cls, expr: str, tz: str | tzinfo | None = None) -> crontab:
+        """A 5-field cron line (minute hour day-of-month month day-of-week) or an @alias."""
+        if not isinstance(expr, str):
+            raise ValueError(f"cron expression must be a string, got {expr!r}")
+        text = expr.strip()
+        if text.startswith("@"):
+            if text.lower() not in _CRON_ALIASES:
+                raise ValueError(f"unknown cron alias {expr!r} "
+                                 f"(expected one of {', '.join(_CRON_ALIASES)})")
+            text = _CRON_ALIASES[text.lower()]
+        fields = text.split()
+        if len(fields) != 5:
+            raise ValueError(f"cron expression {expr!r} has {len(fields)} fields; expected 5: "
+                             f"minute hour day-of-month month day-of-week")
+        minute, hour, day_of_month, month_of_year, day_of_week = fields
+        return cls(minute, hour, day_of_week, day_of_month, month_of_year, tz=tz)
+
+    def next_after(self, dt: datetime) -> datetime:
+        start = _utc(dt)
+        wall = start.astimezone(self.tz).replace(tzinfo=None, fold=0, second=0, microsecond=0)
+        wall += _MINUTE
+        while True:
+            wall = self._next_wall(wall)
+            instant = _wall_to_utc(wall, self.tz)
+            if instant > start:  # both UTC: never an intra-zone (fold-blind) comparison
+                return instant.astimezone(self.tz)
+            wall += _MINUTE  # only while dt is in the repeated hour of a fall-back
+
+    def first_slot_from(self, last_run: datetime, start: datetime) -> datetime:
+        # crontab slots do not depend on the anchor: the first slot >= start
+        return self.next_after(max(_utc(last_run), _utc(start) - timedelta(microseconds=1)))
+
+    def _next_wall(self, wall: datetime) -> datetime:
+        """The earliest matching naive wall time >= ``wall`` (whole minutes).
+
+        Jumps field by field (month, day, hour, minute) rather than scanning
+        minutes; the Gregorian calendar repeats every 400 years, so a schedule
+        that has not fired by then never will.
+        """
+        months, days, hours, minutes = self._sorted
+        y, mo, d, h, mi = wall.year, wall.month, wall.day, wall.hour, wall.minute
+        last_year = min(y + 400, MAXYEAR)
+        while y <= last_year:
+            month = _ceil(months, mo)
+            if month is None:
+                y, mo, d, h, mi = y + 1, 1, 1, 0, 0
+                continue
+            if month != mo:
+                mo, d, h, mi = month, 1, 0, 0
+            day = _ceil(days, d)
+            if day is None or day > monthrange(y, mo)[1]:
+                mo, d, h, mi = mo + 1, 1, 0, 0
+                continue
+            if day != d:
+                d, h, mi = day, 0, 0
+            if (weekday(y, mo, d) + 1) % 7 not in self.day_of_week:  # cron: 0 = Sunday
+                d, h, mi = d + 1, 0, 0
+                continue
+            hour = _ceil(hours, h)
+            if hour is None:
+                d, h, mi = d + 1, 0, 0
+                continue
+            if hour != h:
+                h, mi = hour, 0
+            minute = _ceil(minutes, mi)
+            if minute is None:
+                h, mi = h + 1, 0
+                continue
+            return datetime(y, mo, d, h, minute)
+        raise ValueError(f"{self!r} does not fire between {wall:%Y} and {last_year}")
+
+    def _key(self) -> tuple[Any, ...]:
+        return (self.minute, self.hour, self.day_of_week, self.day_of_month,
+                self.month_of_year, getattr(self.tz, "key", None) or str(self.tz))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, crontab) and other._key() == self._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __str__(self) -> str:
+        return self._text
+
+    def __repr__(self) -> str:
+        return f"crontab.from_string({self._text!r}, tz={str(self.tz)!r})"
+
+
+def _spec_text(spec: FieldSpec) -> str:
+    if isinstance(spec, str):
+        return "".join(spec.split()) or "''"
+    if isinstance(spec, _SEQUENCES):
+        items = sorted(spec, key=str) if isinstance(spec, (set, frozenset)) else spec
+        return ",".join(_spec_text(item) for item in items)
+    return str(spec)
+
+
+def _ceil(values: tuple[int, ...], x: int) -> int | None:
+    i = bisect_left(values, x)
+    return values[i] if i < len(values) else None
+
+
+def _utc(dt: datetime) -> datetime:
+    if dt.tzinfo is None or dt.utcoffset() is None:
+        raise ValueError(f"expected an aware datetime, got naive {dt.isoformat()}")
+    return dt.astimezone(UTC)
+
+
+def _wall_to_utc(wall: datetime, tz: tzinfo) -> datetime:
+    """The UTC instant of a naive wall time in ``tz``, by the module's DST policy:
+    the first occurrence of a repeated time, and for a skipped time the first
+    valid instant after the gap (the moment the clock jumps)."""
+    guess = wall.replace(tzinfo=tz).astimezone(UTC)
+    if guess.astimezone(tz).replace(tzinfo=None) == wall:
+        return guess
+    # wall is in a gap: its two readings (fold 0 and 1, PEP 495) straddle the jump
+    lo, hi = sorted(int(wall.replace(tzinfo=tz, fold=f).timestamp()) for f in (0, 1))
+    while hi - lo > 1:  # invariant: local(lo) < wall < local(hi)
+        mid = (lo + hi) // 2
+        if datetime.fromtimestamp(mid, tz).replace(tzinfo=None) > wall:
+            hi = mid
+        else:
+            lo = mid
+    return datetime.fromtimestamp(hi, UTC)
+
+
+# ---- config values -> schedules ----
+
+_CRON_KEYS = ("minute", "hour", "day_of_week", "day_of_month", "month_of_year")
+_UNIT_KEYS = ("weeks", "days", "hours", "minutes", "seconds")
+_TABLE_KEYS = ("every", "cron", "timezone", *_CRON_KEYS, *_UNIT_KEYS)
+_EXPECTED = ("an interval like '30s', '5m', '1h30m' or seconds, a 5-field cron expression "
+             "like '*/15 * * * *', an @alias like '@daily', or a table")
+
+
+def parse_schedule(value: Any, *, timezone: str | tzinfo | None = None) -> Schedule:
+    """Turn a config value into a schedule; crontabs without their own
+    ``timezone`` key are evaluated in ``timezone`` (UTC when None)."""
+    if isinstance(value, Schedule):
+        return value
+    if isinstance(value, Mapping):
+        return _from_table(value, timezone)
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("@") or len(text.split()) > 1:
+            return crontab.from_string(text, tz=timezone)
+        if not _DURATION.fullmatch(text.lower()):
+            raise ValueError(f"bad schedule {value!r} (expected {_EXPECTED})")
+        return every(text)
+    if isinstance(value, (int, float, timedelta)) and not isinstance(value, bool):
+        return every(value)
+    raise ValueError(f"bad schedule {value!r} of type {type(value).__name__} "
+                     f"(expected {_EXPECTED})")
+
+
+def _from_table(table: Mapping[Any, Any], timezone: str | tzinfo | None) -> Schedule:
+    for key in table:
+        if key not in _TABLE_KEYS:
+            hint = difflib.get_close_matches(str(key), _TABLE_KEYS, n=1)
+            raise ValueError(f"unknown schedule key {key!r}" + (
+                f" (did you mean {hint[0]!r}?)" if hint
+                else f" (expected one of: {', '.join(_TABLE_KEYS)})"))
+    kinds = [kind for kind, keys in (("every", ("every",)), ("cron", ("cron",)),
+                                     ("crontab fields", _CRON_KEYS), ("interval units", _UNIT_KEYS))
+             if any(k in table for k in keys)]
+    if len(kinds) != 1:
+        raise ValueError(f"a schedule table needs exactly one of 'every', 'cron', crontab fields "
+                         f"({', '.join(_CRON_KEYS)}) or interval units ({', '.join(_UNIT_KEYS)}); "
+                         f"got {' and '.join(kinds) or 'none'}")
+    tz = table.get("timezone", timezone)
+    if "timezone" in table and kinds[0] in ("every", "interval units"):
+        raise ValueError("'timezone' applies to crontab schedules only; intervals are elapsed time")
+    if kinds[0] == "every":
+        return every(table["every"])
+    if kinds[0] == "cron":
+        return crontab.from_string(table["cron"], tz=tz)
+    if kinds[0] == "crontab fields":
+        return crontab(**{k: table[k] for k in _CRON_KEYS if k in table}, tz=tz)
+    units = {k: table[k] for k in _UNIT_KEYS if k in table}
+    for unit, amount in units.items():
+        if isinstance(amount, bool) or not isinstance(amount, (int, float)):
+            raise ValueError(f"schedule {unit} must be a number, got {amount!r}")
+    try:
+        total = timedelta(**units)
+    except (OverflowError, ValueError):
+        raise ValueError(f"interval {units} is not a usable duration") from None
+    if total <= timedelta(0):
+        raise ValueError(f"interval {units} must be positive")
+    return every(total)
