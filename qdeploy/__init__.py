@@ -1,3 +1,15 @@
 """qdeploy: a Redis-backed task queue runtime and the tooling that deploys it."""
 
 __version__ = "0.1.0"
+
+__all__ = ["App", "AsyncResult", "__version__"]
+
+
+def __getattr__(name):  # lazy, so `import qdeploy` (e.g. for the CLI) stays cheap
+    if name == "App":
+        from qdeploy.app import App
+        return App
+    if name == "AsyncResult":
+        from qdeploy.results import AsyncResult
+        return AsyncResult
+    raise AttributeError(f"module 'qdeploy' has no attribute {name!r}")

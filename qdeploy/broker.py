@@ -1,0 +1,300 @@
+"""The Redis protocol: key layout, Lua scripts, and the verbs producers and consumers use.
+
+Every state change a consumer makes is one EVALSHA (atomic, one round trip). Key layout, with
+`ns` the namespace (default "qdeploy"); see docs/protocol.md for the full story:
+
+    ns:msg                hash   id -> envelope JSON (the only copy of a message body)
+    ns:q:<queue>          list   ids waiting to run (LPUSH in, taken from the right)
+    ns:eta:<queue>        zset   ids not due yet, score = unix time they become due
+    ns:inflight:<cid>     list   ids reserved by consumer <cid>, until acked
+    ns:dlv                hash   id -> deliveries so far (reset by ack and retry)
+    ns:consumers          hash   cid -> heartbeat owner (the node that vouches for it)
+    ns:hb:<owner>         string heartbeat, expires after the visibility timeout
+    ns:dead               list   dead-letter records (JSON, newest first, capped)
+    ns:r:<id>             string result JSON, expires after result_ttl
+    ns:revoked:<id>       string revocation mark, expires after result_ttl
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+
+import redis
+
+from qdeploy.connection import connect
+
+# Requeue every id in-flight for one consumer; a body without a readable queue is dead-lettered.
+# Expects locals: ns, cid, inflight, msgs. Leaves `moved`.
+_REQUEUE = """
+local moved = 0
+while true do
+  local id = redis.call('RPOP', inflight)
+  if not id then break end
+  local body = redis.call('HGET', msgs, id)
+  if body then
+    local ok, env = pcall(cjson.decode, body)
+    if ok and type(env) == 'table' and type(env['queue']) == 'string' then
+      redis.call('RPUSH', ns .. ':q:' .. env['queue'], id)
+    else
+      redis.call('LPUSH', ns .. ':dead', cjson.encode({id = id, body = body, queue = false,
+        reason = 'malformed message found in-flight of dead consumer ' .. cid}))
+      redis.call('HDEL', msgs, id)
+      redis.call('HDEL', ns .. ':dlv', id)
+    end
+    moved = moved + 1
+  end
+end
+"""
+
+# KEYS: inflight, msgs, dlv, queue lists..., eta zsets...
+# ARGV: ns, ack_id|'', ack_result|'', result_ttl, nqueues, cid, owner, track('1'|'0')
+RESERVE = """
+local ns, ttl = ARGV[1], tonumber(ARGV[4])
+if ARGV[2] ~= '' then
+  redis.call('LREM', KEYS[1], 1, ARGV[2])
+  redis.call('HDEL', KEYS[2], ARGV[2])
+  redis.call('HDEL', KEYS[3], ARGV[2])
+  if ARGV[3] ~= '' then redis.call('SET', ns .. ':r:' .. ARGV[2], ARGV[3], 'EX', ttl) end
+end
+local n = tonumber(ARGV[5])
+if n == 0 then return false end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+for i = 1, n do
+  local q, z = KEYS[3 + i], KEYS[3 + n + i]
+  local due = redis.call('ZRANGEBYSCORE', z, '-inf', now, 'LIMIT', 0, 100)
+  if #due > 0 then
+    for _, id in ipairs(due) do redis.call('LPUSH', q, id) end
+    redis.call('ZREM', z, unpack(due))
+  end
+  local id = redis.call('LMOVE', q, KEYS[1], 'RIGHT', 'LEFT')
+  if id then
+    redis.call('HSET', ns .. ':consumers', ARGV[6], ARGV[7])
+    local body = redis.call('HGET', KEYS[2], id)
+    local count = redis.call('HINCRBY', KEYS[3], id, 1)
+    local revoked = redis.call('EXISTS', ns .. ':revoked:' .. id)
+    if body and ARGV[8] == '1' then
+      local ok, env = pcall(cjson.decode, body)
+      if ok and type(env) == 'table' and env['ignore_result'] ~= true then
+        redis.call('SET', ns .. ':r:' .. id, cjson.encode({state = 'RECEIVED', worker = ARGV[6],
+          date_done = false, task = env['task'], received = now}), 'EX', ttl)
+      end
+    end
+    return {id, body, count, revoked, i}
+  end
+end
+return false
+"""
+
+# KEYS: inflight, msgs, dlv, target (eta zset if ARGV[4] ~= '' else queue list)
+# ARGV: ns, id, new body, eta|'', result|'', ttl
+RETRY = """
+redis.call('LREM', KEYS[1], 1, ARGV[2])
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+redis.call('HDEL', KEYS[3], ARGV[2])
+if ARGV[4] ~= '' then redis.call('ZADD', KEYS[4], ARGV[4], ARGV[2])
+else redis.call('LPUSH', KEYS[4], ARGV[2]) end
+if ARGV[5] ~= '' then redis.call('SET', ARGV[1] .. ':r:' .. ARGV[2], ARGV[5], 'EX', ARGV[6]) end
+return 1
+"""
+
+# KEYS: inflight, msgs, dlv, dead. ARGV: ns, id, record, result|'', ttl, maxlen
+DEAD_LETTER = """
+redis.call('LREM', KEYS[1], 1, ARGV[2])
+redis.call('HDEL', KEYS[2], ARGV[2])
+redis.call('HDEL', KEYS[3], ARGV[2])
+redis.call('LPUSH', KEYS[4], ARGV[3])
+redis.call('LTRIM', KEYS[4], 0, tonumber(ARGV[6]) - 1)
+if ARGV[4] ~= '' then redis.call('SET', ARGV[1] .. ':r:' .. ARGV[2], ARGV[4], 'EX', ARGV[5]) end
+return 1
+"""
+
+# KEYS: inflight, msgs, consumers. ARGV: ns, cid, unregister('1'|'0')
+REQUEUE_CONSUMER = """
+local ns, cid, inflight, msgs = ARGV[1], ARGV[2], KEYS[1], KEYS[2]
+""" + _REQUEUE + """
+if ARGV[3] == '1' then redis.call('HDEL', KEYS[3], cid) end
+return moved
+"""
+
+# KEYS: consumers, msgs. ARGV: ns. Returns {cid, moved, cid, moved, ...} for dead consumers.
+RECOVER_DEAD = """
+local ns, msgs = ARGV[1], KEYS[2]
+local all = redis.call('HGETALL', KEYS[1])
+local out = {}
+for i = 1, #all, 2 do
+  local cid, owner = all[i], all[i + 1]
+  if redis.call('EXISTS', ns .. ':hb:' .. owner) == 0 then
+    local inflight = ns .. ':inflight:' .. cid
+""" + _REQUEUE + """
+    redis.call('HDEL', KEYS[1], cid)
+    table.insert(out, cid)
+    table.insert(out, moved)
+  end
+end
+return out
+"""
+
+
+@dataclass(slots=True)
+class Reserved:
+    """One message handed to a consumer: its id, raw body (None if missing), delivery number."""
+
+    id: str
+    body: bytes | None
+    deliveries: int
+    revoked: bool
+    queue: str
+
+
+class Broker:
+    """Verbs over one Redis connection pool. Thread-safe (redis-py pools are)."""
+
+    def __init__(self, url: str, namespace: str = "qdeploy", *, result_ttl: int = 86400,
+                 retries: int = 2, dead_letter_max: int = 10000, client: redis.Redis | None = None):
+        self.url = url
+        self.ns = namespace
+        self.result_ttl = int(result_ttl)
+        self.dead_letter_max = dead_letter_max
+        self.client = client if client is not None else connect(url, retries=retries)
+        reg = self.client.register_script
+        self._reserve, self._retry, self._dead = reg(RESERVE), reg(RETRY), reg(DEAD_LETTER)
+        self._requeue, self._recover = reg(REQUEUE_CONSUMER), reg(RECOVER_DEAD)
+        self.k_msg, self.k_dlv = f"{namespace}:msg", f"{namespace}:dlv"
+        self.k_consumers, self.k_dead = f"{namespace}:consumers", f"{namespace}:dead"
+
+    # -- key names ---------------------------------------------------------------------------
+    def queue_key(self, queue: str) -> str:
+        return f"{self.ns}:q:{queue}"
+
+    def eta_key(self, queue: str) -> str:
+        return f"{self.ns}:eta:{queue}"
+
+    def inflight_key(self, cid: str) -> str:
+        return f"{self.ns}:inflight:{cid}"
+
+    def result_key(self, task_id: str) -> str:
+        return f"{self.ns}:r:{task_id}"
+
+    def ping(self) -> bool:
+        return bool(self.client.ping())
+
+    # -- producer ----------------------------------------------------------------------------
+    def publish(self, items, chunk: int = 5000) -> None:
+        """Store and queue (id, queue, eta, body) tuples: per chunk one MULTI with one HSET, one
+        LPUSH per queue and one ZADD per queue with future ETAs, i.e. one round trip, atomic
+        (a body is never queued without being stored) and order-preserving."""
+        items = list(items)
+        now = time.time()
+        for start in range(0, len(items), chunk):
+            bodies, ready, later = {}, {}, {}
+            for task_id, queue, eta, body in items[start:start + chunk]:
+                bodies[task_id] = body
+                if eta is not None and eta > now:
+                    later.setdefault(queue, {})[task_id] = eta
+                else:
+                    ready.setdefault(queue, []).append(task_id)
+            pipe = self.client.pipeline(transaction=True)
+            pipe.hset(self.k_msg, mapping=bodies)
+            for queue, ids in ready.items():
+                pipe.lpush(self.queue_key(queue), *ids)
+            for queue, etas in later.items():
+                pipe.zadd(self.eta_key(queue), etas)
+            pipe.execute()
+
+    def revoke(self, task_id: str, result: str | None) -> None:
+        pipe = self.client.pipeline(transaction=True)
+        pipe.set(f"{self.ns}:revoked:{task_id}", 1, ex=self.result_ttl)
+        if result:
+            pipe.set(self.result_key(task_id), result, ex=self.result_ttl)
+        pipe.execute()
+
+    # -- consumer ----------------------------------------------------------------------------
+    def reserve(self, cid: str, owner: str, queues: list[str], *, ack_id: str | None = None,
+                ack_result: str | None = None, track: bool = True) -> Reserved | None:
+        """Ack `ack_id` (if given) then move the next due message into cid's in-flight list.
+
+        Queues are tried in order (priority). Due ETA messages are promoted first. With an
+        empty `queues` this is a plain ack.
+        """
+        keys = [self.inflight_key(cid), self.k_msg, self.k_dlv]
+        keys += [self.queue_key(q) for q in queues] + [self.eta_key(q) for q in queues]
+        args = [self.ns, ack_id or "", ack_result or "", self.result_ttl, len(queues), cid,
+                owner, "1" if track else "0"]
+        reply = self._reserve(keys=keys, args=args)
+        if not reply:
+            return None
+        msg_id, body, count, revoked, index = reply
+        return Reserved(msg_id.decode(), body, int(count), bool(revoked), queues[int(index) - 1])
+
+    def ack(self, cid: str, task_id: str, result: str | None = None) -> None:
+        self.reserve(cid, cid, [], ack_id=task_id, ack_result=result)
+
+    def retry(self, cid: str, task_id: str, queue: str, body: str, eta: float | None,
+              result: str | None = None) -> None:
+        """Ack this delivery and store the next attempt (in the ETA set when eta is given)."""
+        target = self.eta_key(queue) if eta else self.queue_key(queue)
+        self._retry(keys=[self.inflight_key(cid), self.k_msg, self.k_dlv, target],
+                    args=[self.ns, task_id, body, repr(eta) if eta else "", result or "",
+                          self.result_ttl])
+
+    def dead_letter(self, cid: str, task_id: str, body: bytes | None, reason: str, queue: str,
+                    result: str | None = None) -> None:
+        text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+        record = json.dumps({"id": task_id, "queue": queue, "reason": reason, "body": text,
+                             "consumer": cid, "time": time.time()})
+        self._dead(keys=[self.inflight_key(cid), self.k_msg, self.k_dlv, self.k_dead],
+                   args=[self.ns, task_id, record, result or "", self.result_ttl,
+                         self.dead_letter_max])
+
+    def requeue_consumer(self, cid: str, *, unregister: bool = True) -> int:
+        """Put everything `cid` holds back at the head of its queue. For a supervisor that has
+        just reaped consumer `cid` (or a consumer restarting under the same identity)."""
+        return int(self._requeue(keys=[self.inflight_key(cid), self.k_msg, self.k_consumers],
+                                 args=[self.ns, cid, "1" if unregister else "0"]))
+
+    def register(self, cid: str, owner: str) -> None:
+        self.client.hset(self.k_consumers, cid, owner)
+
+    def unregister(self, cid: str) -> int:
+        """Leave cleanly: requeue anything still held, forget the consumer."""
+        return self.requeue_consumer(cid, unregister=True)
+
+    # -- liveness ----------------------------------------------------------------------------
+    def heartbeat(self, owner: str, ttl: float, info: dict | None = None) -> None:
+        """Vouch for every consumer registered under `owner` for the next `ttl` seconds."""
+        value = json.dumps(dict(info or {}, time=time.time()))
+        self.client.set(f"{self.ns}:hb:{owner}", value, px=max(1, int(ttl * 1000)))
+
+    def stop_heartbeat(self, owner: str) -> None:
+        self.client.delete(f"{self.ns}:hb:{owner}")
+
+    def recover_dead(self) -> dict[str, int]:
+        """Requeue the in-flight messages of every consumer whose owner's heartbeat expired."""
+        reply = self._recover(keys=[self.k_consumers, self.k_msg], args=[self.ns])
+        return {reply[i].decode(): int(reply[i + 1]) for i in range(0, len(reply), 2)}
+
+    # -- inspection (operators, tests) -------------------------------------------------------
+    def queue_length(self, queue: str) -> int:
+        return self.client.llen(self.queue_key(queue))
+
+    def scheduled(self, queue: str) -> int:
+        return self.client.zcard(self.eta_key(queue))
+
+    def inflight(self, cid: str) -> list[str]:
+        return [x.decode() for x in self.client.lrange(self.inflight_key(cid), 0, -1)]
+
+    def dead_letters(self, count: int = 100) -> list[dict]:
+        return [json.loads(x) for x in self.client.lrange(self.k_dead, 0, count - 1)]
+
+    def deliveries(self, task_id: str) -> int:
+        return int(self.client.hget(self.k_dlv, task_id) or 0)
+
+    def publish_raw(self, queue: str, task_id: str, body: bytes | str) -> None:
+        """Store any bytes as a message (tests and repair tools; producers use `publish`)."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hset(self.k_msg, task_id, body)
+        pipe.lpush(self.queue_key(queue), task_id)
+        pipe.execute()

@@ -1,0 +1,143 @@
+"""The task message: a versioned JSON envelope, and nothing else (never pickle).
+
+An envelope is the only thing a producer and a consumer agree on. `encode()` turns one into the
+compact JSON stored in Redis; `decode()` validates raw bytes from Redis and either returns an
+`Envelope` or raises `MalformedMessage` with a one-line reason that ends up in the dead-letter
+queue. See docs/protocol.md for the field table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+
+VERSION = 1
+MAX_BODY = 16 * 1024 * 1024  # a message larger than this is refused, not parsed
+
+_ORIGIN = f"{socket.gethostname()}:{os.getpid()}"
+
+
+class MalformedMessage(ValueError):
+    """A message that can never run; `reason` says why, in one line."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(slots=True)
+class Envelope:
+    id: str
+    task: str
+    args: list = field(default_factory=list)
+    kwargs: dict = field(default_factory=dict)
+    queue: str = "default"
+    eta: float | None = None
+    expires: float | None = None
+    retries: int = 0
+    max_retries: int | None = None
+    limits: dict = field(default_factory=dict)  # {"soft": seconds, "hard": seconds}
+    ignore_result: bool = False
+    created: float = 0.0
+    origin: str = ""
+    v: int = VERSION
+
+    def is_expired(self, now: float | None = None) -> bool:
+        return self.expires is not None and (now if now is not None else time.time()) >= self.expires
+
+    def next_retry(self, eta: float) -> "Envelope":
+        data = asdict(self)
+        data.update(retries=self.retries + 1, eta=eta)
+        return Envelope(**data)
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def build(task: str, args=(), kwargs=None, *, queue: str, task_id: str | None = None,
+          eta: float | None = None, expires: float | None = None, retries: int = 0,
+          max_retries: int | None = None, limits: dict | None = None,
+          ignore_result: bool = False) -> Envelope:
+    """A new envelope for `task`; `args` must be JSON-serialisable (checked by `encode`)."""
+    if not isinstance(kwargs, (dict, type(None))):
+        raise TypeError(f"kwargs must be a dict, not {type(kwargs).__name__}")
+    return Envelope(id=task_id or new_id(), task=task, args=list(args), kwargs=dict(kwargs or {}),
+                    queue=queue, eta=eta, expires=expires, retries=retries,
+                    max_retries=max_retries, limits=dict(limits or {}),
+                    ignore_result=ignore_result, created=time.time(), origin=_ORIGIN)
+
+
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+
+
+def encode(env: Envelope) -> str:
+    """Compact JSON; raises TypeError naming the field when a value is not JSON."""
+    data = {"v": env.v, "id": env.id, "task": env.task, "args": env.args, "kwargs": env.kwargs,
+            "queue": env.queue, "eta": env.eta, "expires": env.expires, "retries": env.retries,
+            "max_retries": env.max_retries, "limits": env.limits,
+            "ignore_result": env.ignore_result, "created": env.created, "origin": env.origin}
+    try:
+        return _dumps(data)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"task {env.task!r}: arguments must be JSON-serialisable ({exc})") from None
+
+
+# field -> (accepted types, required)
+_NUM = (int, float)
+_SCHEMA: dict[str, tuple[tuple[type, ...], bool]] = {
+    "id": ((str,), True), "task": ((str,), True), "args": ((list,), True),
+    "kwargs": ((dict,), True), "queue": ((str,), True), "eta": (_NUM + (type(None),), False),
+    "expires": (_NUM + (type(None),), False), "retries": ((int,), False),
+    "max_retries": ((int, type(None)), False), "limits": ((dict,), False),
+    "ignore_result": ((bool,), False), "created": (_NUM, False), "origin": ((str,), False),
+}
+
+
+def decode(raw: bytes | str) -> Envelope:
+    """Validate and parse one stored message; MalformedMessage says what is wrong."""
+    if isinstance(raw, bytes):
+        if raw[:1] == b"\x80":
+            raise MalformedMessage("pickle payloads are never accepted (JSON only)")
+        if len(raw) > MAX_BODY:
+            raise MalformedMessage(f"message is {len(raw)} bytes, larger than {MAX_BODY}")
+        try:
+            raw = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise MalformedMessage("message is not UTF-8 text") from None
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise MalformedMessage(f"message is not valid JSON ({exc.args[0][:80]})") from None
+    if not isinstance(data, dict):
+        raise MalformedMessage(f"message is a JSON {type(data).__name__}, expected an object")
+    version = data.get("v")
+    if version != VERSION:
+        raise MalformedMessage(f"unsupported envelope version {version!r} (this worker reads v{VERSION})")
+    for name, (types, required) in _SCHEMA.items():
+        if name not in data:
+            if required:
+                raise MalformedMessage(f"envelope field {name!r} is missing")
+            continue
+        value = data[name]
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            raise MalformedMessage(f"envelope field {name!r} has type {type(value).__name__}")
+    unknown = set(data) - set(_SCHEMA) - {"v"}
+    if unknown:
+        raise MalformedMessage(f"envelope has unknown fields {sorted(unknown)}")
+    if not data["id"] or not data["task"]:
+        raise MalformedMessage("envelope 'id' and 'task' must be non-empty")
+    return Envelope(**data)
+
+
+def peek_id(raw: bytes | str) -> str | None:
+    """Best effort: the id of a possibly malformed message, for recording a FAILURE result."""
+    try:
+        data = json.loads(raw)
+        return data.get("id") if isinstance(data, dict) and isinstance(data.get("id"), str) else None
+    except (ValueError, TypeError, UnicodeDecodeError):
+        return None

@@ -1,0 +1,281 @@
+"""The consumer loop that runs inside ONE process: reserve -> run -> ack (+ result).
+
+A supervisor (the future master) drives it like this, in a forked child:
+
+    consumer = Consumer(app, ["high", "default"], "node1@host#3", owner="node1@host",
+                        on_task_start=report_start, on_task_done=report_done)
+    consumer.run(max_tasks=1000, should_stop=lambda: stopping)
+
+`owner` is whoever refreshes the heartbeat that vouches for this consumer: the master for its
+children (it calls `broker.requeue_consumer(cid)` after reaping one), or the consumer itself
+(`owner` defaults to `consumer_id`; a heartbeat thread is then started). `should_stop` is polled
+between tasks only, so a graceful stop always finishes and acks the current task.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import signal
+import threading
+import time
+import traceback as tb_module
+from typing import Callable
+
+import redis
+
+from qdeploy import message, results
+from qdeploy.app import App, Request, Retry, SoftTimeLimitExceeded, Task, TimeLimitExceeded
+from qdeploy.broker import Broker, Reserved
+from qdeploy.worker.heartbeat import Heartbeat
+
+log = logging.getLogger("qdeploy.worker")
+_REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
+
+
+class Consumer:
+    def __init__(self, app: App, queues: list[str], consumer_id: str, *, owner: str | None = None,
+                 on_task_start: Callable | None = None, on_task_done: Callable | None = None,
+                 poll_interval: float = 0.1, heartbeat: bool | None = None,
+                 broker: Broker | None = None, default_limits: tuple = (None, None)):
+        if not queues:
+            raise ValueError("a consumer needs at least one queue")
+        self.app, self.queues, self.id = app, list(queues), consumer_id
+        self.owner = owner or consumer_id
+        self.on_task_start, self.on_task_done = on_task_start, on_task_done
+        self.poll_interval = poll_interval
+        self.broker = broker or app.connect_broker(retries=0)
+        self.results = app.results_for(self.broker)
+        own = heartbeat if heartbeat is not None else self.owner == consumer_id
+        self.heartbeat = Heartbeat(self.broker, self.owner, app.visibility_timeout) if own else None
+        self.default_soft, self.default_hard = default_limits  # when a message has none
+        self._next_allowed: dict[str, float] = {}
+        self._limits: tuple = (None, None)
+        self._soft_fired = False
+        self._pending: tuple[str, str | None] | None = None  # (id, result) to ack with next reserve
+        self._dirty = False  # a call failed mid-flight: we may hold a reservation we never saw
+
+    # -- the loop ----------------------------------------------------------------------------
+    def run(self, max_tasks: int | None = None, should_stop: Callable[[], bool] = lambda: False) -> int:
+        """Consume until `should_stop()` or `max_tasks` tasks; returns how many were handled."""
+        if self.heartbeat:
+            self._until_up(self.heartbeat.start, should_stop)
+        self._until_up(lambda: self._leftovers(), should_stop)
+        done, idle = 0, 0.0
+        try:
+            while True:
+                stopping = should_stop() or (max_tasks is not None and done >= max_tasks)
+                try:
+                    if self._dirty:
+                        self._clean_up_after_error()
+                    msg = self._step([] if stopping else self.queues)
+                except _REDIS_DOWN as exc:
+                    self._dirty = True
+                    if stopping:
+                        log.warning("stopping while Redis is unreachable (%s): unacked work "
+                                    "will be recovered after the visibility timeout", exc)
+                        break
+                    self._wait_for_redis(exc, should_stop)
+                    continue
+                if stopping:
+                    break
+                if msg is None:
+                    idle = min(max(idle * 2, 0.001), self.poll_interval)
+                    time.sleep(idle)
+                    continue
+                idle = 0.0
+                done += 1
+                self._pending = self.handle(msg)
+        finally:
+            if not self._dirty:
+                try:
+                    self.broker.unregister(self.id)
+                except _REDIS_DOWN:
+                    pass
+            if self.heartbeat:
+                self.heartbeat.stop(forget=not self._dirty)
+        return done
+
+    def _step(self, queues: list[str]) -> Reserved | None:
+        ack_id, ack_result = self._pending or (None, None)
+        msg = self.broker.reserve(self.id, self.owner, queues, ack_id=ack_id,
+                                  ack_result=ack_result, track=self.results.colocated)
+        self._pending = None
+        return msg
+
+    def _leftovers(self) -> None:
+        moved = self.broker.requeue_consumer(self.id, unregister=False)
+        if moved:
+            log.warning("requeued %d message(s) left in-flight by a previous %s", moved, self.id)
+
+    def _clean_up_after_error(self) -> None:
+        """After a lost reply we may hold reservations we never saw: ack what we finished,
+        give the rest back."""
+        if self._pending:
+            self._step([])
+        self._leftovers()
+        self._dirty = False
+
+    def _wait_for_redis(self, exc: Exception, should_stop: Callable[[], bool]) -> None:
+        log.error("lost connection to Redis (%s); reconnecting", exc)
+        self._until_up(self.broker.ping, should_stop)
+        log.info("connection to Redis restored")
+
+    @staticmethod
+    def _until_up(call: Callable, should_stop: Callable[[], bool]) -> None:
+        delay = 0.05
+        while True:
+            try:
+                return call()
+            except _REDIS_DOWN as exc:
+                if should_stop():
+                    raise
+                log.debug("redis unavailable (%s), retrying in %.2fs", exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    # -- one message -------------------------------------------------------------------------
+    def handle(self, msg: Reserved) -> tuple[str, str | None] | None:
+        """Decide what to do with one reservation. Returns (id, result) to ack with the next
+        reserve, or None when the message was already settled (retried, dead-lettered...)."""
+        if msg.body is None:
+            return self._dead(msg, None, "no envelope stored for this id")
+        try:
+            env = message.decode(msg.body)
+        except message.MalformedMessage as exc:
+            return self._dead(msg, None, f"malformed message: {exc.reason}")
+        if msg.deliveries > self.app.max_deliveries:
+            return self._dead(msg, env, f"delivered {msg.deliveries} times without an ack "
+                              f"(max_deliveries={self.app.max_deliveries}); poison message?")
+        if msg.revoked:
+            return self._settle(env, results.REVOKED, reason="revoked")
+        if env.is_expired():
+            log.info("task %s[%s] expired, not run", env.task, env.id)
+            return self._settle(env, results.REVOKED, reason="expired")
+        task = self.app.tasks.get(env.task)
+        if task is None:
+            return self._dead(msg, env, f"unknown task {env.task!r}")
+        try:
+            inspect.signature(task.fn).bind(*([task] if task.bind else []), *env.args, **env.kwargs)
+        except TypeError as exc:
+            return self._dead(msg, env, f"wrong arguments for {env.task}: {exc}")
+        if not task.acks_late:  # at-most-once, by request: forget the message before running
+            self.broker.ack(self.id, env.id)
+            outcome = self.execute(task, env, msg)
+            if outcome is not None and outcome[1]:
+                self.results.store(outcome[0], outcome[1])
+            return None
+        return self.execute(task, env, msg)
+
+    def execute(self, task: Task, env: message.Envelope, msg: Reserved):
+        started = time.time()
+        if task.rate:
+            self._wait_for_rate(task, started)
+            started = time.time()
+        track = not env.ignore_result
+        if track and task.track_started:
+            self.results.store(env.id, results.record(results.STARTED, task=env.task,
+                                                      worker=self.id, retries=env.retries))
+        if self.on_task_start:
+            self.on_task_start(env.id, env.task, started, env.limits)
+        task.request = Request(env.id, env.task, env.args, env.kwargs, env.retries,
+                               msg.deliveries, env.queue, env.eta, env.origin, self.id,
+                               env.max_retries)
+        state, outcome = results.SUCCESS, None
+        try:
+            self._arm(env.limits.get("soft", self.default_soft),
+                      env.limits.get("hard", self.default_hard))
+            try:
+                value = task.fn(task, *env.args, **env.kwargs) if task.bind else task.fn(
+                    *env.args, **env.kwargs)
+            finally:
+                self._disarm()
+            rec = results.record(results.SUCCESS, result=value, task=env.task, worker=self.id,
+                                 retries=env.retries) if track else None
+            outcome = (env.id, rec)
+        except Retry as exc:
+            state, outcome = results.RETRY, self._retry(task, env, exc.countdown, exc.exc)
+        except (Exception, TimeLimitExceeded) as exc:
+            state = results.FAILURE
+            if isinstance(exc, task.autoretry_for) and self._may_retry(task, env):
+                state = results.RETRY
+                outcome = self._retry(task, env, task.retry_countdown(env.retries), exc)
+            else:
+                log.error("task %s[%s] failed: %r", env.task, env.id, exc)
+                outcome = (env.id, self._failure(env, exc) if track else None)
+        finally:
+            task.request = None
+            if self.on_task_done:
+                self.on_task_done(env.id, env.task, state, time.time() - started)
+        return self._result_arg(outcome)
+
+    def _failure(self, env: message.Envelope, exc: BaseException, reason: str | None = None) -> str:
+        return results.record(results.FAILURE, exc_type=type(exc).__name__, exc=str(exc),
+                              traceback="".join(tb_module.format_exception(exc)), reason=reason,
+                              task=env.task, worker=self.id, retries=env.retries)
+
+    @staticmethod
+    def _may_retry(task: Task, env: message.Envelope) -> bool:
+        limit = env.max_retries if env.max_retries is not None else task.max_retries
+        return limit is None or env.retries < limit
+
+    def _retry(self, task: Task, env: message.Envelope, countdown: float, exc) -> None:
+        eta = time.time() + countdown if countdown > 0 else None
+        nxt = env.next_retry(eta)
+        rec = None if env.ignore_result else results.record(
+            results.RETRY, task=env.task, worker=self.id, retries=nxt.retries,
+            reason=f"retry in {countdown:.3f}s" + (f": {exc!r}" if exc else ""))
+        log.info("task %s[%s] retry %d in %.3fs", env.task, env.id, nxt.retries, countdown)
+        stored = self._result_arg((env.id, rec))  # written elsewhere first if not colocated
+        self.broker.retry(self.id, env.id, env.queue, message.encode(nxt), eta, stored[1])
+        return None
+
+    def _settle(self, env: message.Envelope, state: str, reason: str):
+        rec = None if env.ignore_result else results.record(state, reason=reason, task=env.task,
+                                                             worker=self.id, retries=env.retries)
+        return self._result_arg((env.id, rec))
+
+    def _dead(self, msg: Reserved, env: message.Envelope | None, reason: str) -> None:
+        log.error("dead-lettering message %s: %s", msg.id, reason)
+        rec = results.record(results.FAILURE, exc_type="DeadLettered", exc=reason, reason=reason,
+                             task=env.task if env else None, worker=self.id)
+        stored = self._result_arg((msg.id, rec))
+        self.broker.dead_letter(self.id, msg.id, msg.body, reason, msg.queue, stored[1])
+        return None
+
+    def _result_arg(self, outcome):
+        """With results in another Redis, write them there first and ack without them."""
+        if outcome is None or self.results.colocated or not outcome[1]:
+            return outcome
+        self.results.store(*outcome)
+        return (outcome[0], None)
+
+    def _wait_for_rate(self, task: Task, now: float) -> None:
+        allowed = self._next_allowed.get(task.name, now)
+        if allowed > now:
+            time.sleep(allowed - now)
+        self._next_allowed[task.name] = max(allowed, now) + 1.0 / task.rate
+
+    # -- time limits (SIGALRM; main thread only) ----------------------------------------------
+    def _arm(self, soft: float | None, hard: float | None) -> None:
+        if not (soft or hard) or threading.current_thread() is not threading.main_thread():
+            return
+        self._limits, self._soft_fired = (soft, hard), False
+        signal.signal(signal.SIGALRM, self._on_alarm)
+        signal.setitimer(signal.ITIMER_REAL, soft or hard)
+
+    def _disarm(self) -> None:
+        if self._limits != (None, None):
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            self._limits = (None, None)
+
+    def _on_alarm(self, signum, frame) -> None:
+        soft, hard = self._limits
+        if soft and not self._soft_fired:
+            self._soft_fired = True
+            if hard and hard > soft:
+                signal.setitimer(signal.ITIMER_REAL, hard - soft)
+            raise SoftTimeLimitExceeded(f"soft time limit ({soft}s) exceeded")
+        if hard:
+            self._limits = (None, None)
+            raise TimeLimitExceeded(f"time limit ({hard}s) exceeded")

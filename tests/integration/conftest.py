@@ -1,0 +1,213 @@
+"""Integration fixtures: a PRIVATE redis-server per session (never the one on 6379), helpers
+to run consumers in-process or as real `qdeploy worker` subprocesses."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from qdeploy import App
+from qdeploy.worker import Consumer
+
+REPO = Path(__file__).resolve().parents[2]
+REDIS_SERVER = shutil.which("redis-server")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+class RedisServer:
+    """One private redis-server: `--save '' --appendonly no`, its own dir and unix socket."""
+
+    def __init__(self, directory: Path, *extra: str, port: int | None = None, password=None):
+        if REDIS_SERVER is None:
+            pytest.fail("redis-server is not installed (apt-get install redis-server)")
+        self.dir, self.extra, self.password = directory, list(extra), password
+        self.port = port or free_port()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.socket = self.dir / "redis.sock"
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    def client(self, **kw) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, password=self.password, **kw)
+
+    def start(self) -> "RedisServer":
+        argv = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", "no", "--dir", str(self.dir), "--unixsocket", str(self.socket),
+                "--unixsocketperm", "700", *self.extra]
+        if self.password:
+            argv += ["--requirepass", self.password]
+        self.proc = subprocess.Popen(argv, stdout=open(self.dir / "redis.log", "ab"),
+                                     stderr=subprocess.STDOUT)
+        wait_until(self._ping, 10, what=f"redis-server on port {self.port}")
+        return self
+
+    def _ping(self) -> bool:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"redis-server exited: {(self.dir / 'redis.log').read_text()[-500:]}")
+        try:
+            return self.client().ping()
+        except redis.ConnectionError:
+            return False
+
+    def stop(self, save: bool = False) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            self.client(retry=Retry(NoBackoff(), 0)).shutdown(save=save, nosave=not save)
+        except redis.ConnectionError:
+            pass
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def restart(self, downtime: float = 0.3) -> None:
+        """Snapshot to dump.rdb, stop, wait, start again on the same port (data reloaded)."""
+        self.stop(save=True)
+        time.sleep(downtime)
+        self.start()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def make_server(tmp_path):
+    """Function-scoped extra servers (restart tests, requirepass, TLS...)."""
+    servers = []
+
+    def make(*extra, **kw) -> RedisServer:
+        server = RedisServer(tmp_path / f"redis{len(servers)}", *extra, **kw).start()
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def namespace() -> str:
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def rclient(redis_server):
+    return redis_server.client()
+
+
+@pytest.fixture
+def make_app(redis_server, namespace):
+    def make(**settings) -> App:
+        settings.setdefault("broker", redis_server.url)
+        return App("itest", namespace=namespace, **settings)
+    return make
+
+
+@pytest.fixture
+def app(make_app):
+    return make_app()
+
+
+def drain(app: App, n: int, queues=("default",), timeout: float = 15.0, cid: str = "tc", **kw) -> int:
+    """Run an in-process consumer (main thread) until it handled `n` messages."""
+    deadline = time.monotonic() + timeout
+    consumer = Consumer(app, list(queues), cid, poll_interval=0.01, **kw)
+    done = consumer.run(max_tasks=n, should_stop=lambda: time.monotonic() > deadline)
+    assert done == n, f"consumer handled {done} of {n} messages within {timeout}s"
+    return done
+
+
+def ns_keys(client, namespace: str) -> set[str]:
+    """Keys of a namespace, results excluded: after a clean drain this should be empty."""
+    return {k.decode() for k in client.scan_iter(f"{namespace}:*") if b":r:" not in k}
+
+
+class Worker:
+    """A real `qdeploy worker --pool solo` subprocess."""
+
+    def __init__(self, url: str, namespace: str, *args: str, app: str = "tests.integration.tasks:app",
+                 env: dict | None = None):
+        environ = dict(os.environ, QDEPLOY_NAMESPACE=namespace, QDEPLOY_BROKER=url,
+                       PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+        environ.update(env or {})
+        self.argv = [sys.executable, "-m", "qdeploy", "worker", "--pool", "solo", "--allow-root", "-A", app,
+                     "-b", url, "-l", "debug", *args]
+        self.proc = subprocess.Popen(self.argv, env=environ, cwd=REPO, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self, timeout: float = 15) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise
+
+    def output(self) -> str:
+        out, err = self.proc.communicate(timeout=10)
+        return out + err
+
+
+@pytest.fixture
+def workers(redis_server, namespace):
+    started: list[Worker] = []
+
+    def start(*args, url=None, **kw) -> Worker:
+        w = Worker(url or redis_server.url, namespace, *args, **kw)
+        started.append(w)
+        return w
+
+    yield start
+    for w in started:
+        if w.proc.poll() is None:
+            w.proc.kill()
+            w.proc.wait()
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: float = 30) -> subprocess.CompletedProcess:
+    environ = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    environ.update(env or {})
+    return subprocess.run([sys.executable, "-m", "qdeploy", *args], env=environ, cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout)
