@@ -36,6 +36,8 @@ class Config:
     values: Mapping[str, Any]  # every setting by dotted key, parsed
     overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # selector -> per-node values
     source: str | None = None  # the file it came from, if any
+    explicit: frozenset[str] = frozenset()  # keys set on the command line: they beat [node] tables
+    given: frozenset[str] = frozenset()  # keys set anywhere (file, environment, command line)
 
     def __getitem__(self, key: str) -> Any:
         return self.values[key]
@@ -51,7 +53,7 @@ class Config:
         options = {key: self.values[f"worker.{key}"] for key in NODE_SETTINGS}
         for selector, values in self.overrides.items():
             if name in nodes_mod.select(selector, self.nodes):
-                options.update(values)
+                options.update((k, v) for k, v in values.items() if f"worker.{k}" not in self.explicit)
         return options
 
 
@@ -79,20 +81,23 @@ def load(
     raw = _read(path) if path else {}
     source = str(path) if path else "defaults"
     values = {s.key: s.default for s in SETTINGS}
+    given = set()
     overrides_raw = raw.pop("node", {})
     for key, value in _flatten(raw, source):
         values[key] = _parse(key, value, source)
+        given.add(key)
     for key in BY_KEY:
         env_name = ENV_PREFIX + key.upper().replace(".", "_")
         if env_name in environ:
             values[key] = _parse(key, environ[env_name], f"${env_name}")
-    for key, value in (cli or {}).items():
-        if value is not None:
-            values[key] = _parse(key, value, BY_KEY[key].flag or key)
+            given.add(key)
+    explicit = frozenset(key for key, value in (cli or {}).items() if value is not None)
+    for key in explicit:
+        values[key] = _parse(key, cli[key], BY_KEY[key].flag or key)
     if values["executable"] == "auto":
         values["executable"] = _own_executable()
     overrides = _parse_overrides(overrides_raw, values["worker.nodes"], source)
-    return Config(values, overrides, str(path) if path else None)
+    return Config(values, overrides, str(path) if path else None, explicit, frozenset(given | explicit))
 
 
 def _read(path: Path) -> dict[str, Any]:

@@ -15,9 +15,9 @@ def main() -> None:
 
 
 def _register() -> None:
-    from qdeploy.cli import render
+    from qdeploy.cli import render, runtime, worker
 
-    for module in (render,):
+    for module in (render, runtime, worker):
         for command in module.COMMANDS:
             main.add_command(command)
 

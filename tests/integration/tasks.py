@@ -47,3 +47,64 @@ def crash():
     """Die like an OOM-killed process: no exception, no ack."""
     _count("crash")
     os._exit(137)
+
+
+@app.task(name="t.pid")
+def pid(tag=None):
+    """Which process ran it (recycling tests), counted per tag."""
+    if tag:
+        _count(f"runs:{tag}")
+    return os.getpid()
+
+
+@app.task(name="t.env")
+def env(name):
+    return os.environ.get(name)
+
+
+@app.task(name="t.stuck", bind=True)
+def stuck(self, seconds):
+    """Sleep with SIGALRM blocked, like a task stuck in C code: only the master can stop it."""
+    import signal
+
+    _count(f"runs:{self.request.id}")
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+    time.sleep(seconds)
+    return "finished"
+
+
+@app.task(name="t.soft")
+def soft(seconds):
+    from qdeploy.app import SoftTimeLimitExceeded
+
+    try:
+        time.sleep(seconds)
+    except SoftTimeLimitExceeded:
+        return "cleaned up"
+    return "not interrupted"
+
+
+_leaked: list = []
+
+
+@app.task(name="t.hog", bind=True)
+def hog(self, megabytes, hold=0.0, leak=False):
+    """Allocate `megabytes` MiB for `hold` seconds; with `leak`, never free them."""
+    _count(f"runs:{self.request.id}")
+    block = bytearray(int(megabytes) * 1024 * 1024)
+    for i in range(0, len(block), 4096):
+        block[i] = 1
+    time.sleep(hold)
+    if leak:
+        _leaked.append(block)
+    return os.getpid()
+
+
+def _die_if_forked_by_the_master():
+    with open(f"/proc/{os.getppid()}/cmdline", "rb") as fh:
+        if fh.read().rstrip(b"\0").endswith(b" master"):  # not the --detach forks: pool children
+            os._exit(9)
+
+
+if os.environ.get("QDEPLOY_TEST_CHILD_BOOT_FAILS"):  # every child of the pool dies at once
+    os.register_at_fork(after_in_child=_die_if_forked_by_the_master)

@@ -184,3 +184,9 @@ def test_unreadable_and_binary_files(isolated, tmp_path):
     directory.mkdir()
     with pytest.raises(ConfigError, match="config file not found"):
         config.load(str(directory), environ={})
+
+
+def test_command_line_beats_node_tables(isolated, write_config):
+    path = write_config("[worker]\nnodes = 2\n[node.2]\nconcurrency = 8\nqueues = ['images']\n")
+    cfg = config.load(str(path), cli={"worker.concurrency": "3"}, environ={})
+    assert cfg.node("2")["concurrency"] == 3 and cfg.node("2")["queues"] == ["images"]

@@ -1,0 +1,65 @@
+"""`qdeploy worker`: run one worker node (a master and its children, or `-P solo`)."""
+
+from __future__ import annotations
+
+import click
+
+from qdeploy import daemon
+from qdeploy.cli.common import config_option, fail, load_config, setting_options
+from qdeploy.config import ConfigError
+from qdeploy.datatypes import NODE_NAME
+from qdeploy.settings import SETTINGS
+
+WORKER_KEYS = [
+    s.key for s in SETTINGS
+    if s.flag and (s.per_node or s.key in ("app", "broker", "workdir", "umask", "log_dir", "pid_dir", "state_dir", "log_level"))
+]
+
+
+@click.command()
+@config_option
+@click.option("--node", metavar="NAME", help="Take node NAME's options from the config (as the rendered services do).")
+@click.option("-n", "--hostname", metavar="NAME@HOST", help="Node identity, e.g. w1@%h (default NODE@hostname).")
+@click.option("-P", "--pool", type=click.Choice(["prefork", "solo"]), default="prefork", show_default=True,
+              help="prefork: a master and N forked children; solo: one process.")
+@click.option("--uid", metavar="USER", help="Run as USER (started as root: dirs and log file are created first).")
+@click.option("--gid", metavar="GROUP", help="Run as GROUP.")
+@click.option("--allow-root", is_flag=True, help="Allow running tasks as root.")
+@click.option("--pidfile", metavar="FILE", help="Pid file (%n %h expanded), locked while running.")
+@click.option("--logfile", metavar="FILE", help="Log file (%n %h %i %I expanded; %i/%I: one file per child). Default: stderr.")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--detach", is_flag=True, help="Run in the background; exit 0 only once the worker is ready.")
+@click.option("--max-tasks-jitter", type=click.FloatRange(0, 0.9), default=0.1, show_default=True,
+              help="Spread max-tasks-per-child by ± this fraction so children don't recycle together.")
+@click.option("--max-memory-per-child-hard", metavar="SIZE", default=None,
+              help="Kill a child mid-task above this memory (KiB or 1G); its task is requeued.")
+@setting_options(WORKER_KEYS)
+def worker(config_file, node, hostname, pool, uid, gid, allow_root, pidfile, logfile, log_format, detach,
+           max_tasks_jitter, max_memory_per_child_hard, **settings):
+    """Run a worker node: a master that forks and supervises N consuming children."""
+    from qdeploy.datatypes import size_kib
+    from qdeploy.worker import boot, options
+
+    cfg = load_config(config_file, settings)
+    name, _, host = (hostname or "").partition("@")
+    for value in (node, name):
+        if value and not NODE_NAME.fullmatch(value):
+            fail(f"node name {value!r} must match [A-Za-z0-9_.-]+", 2)
+    try:
+        hard = size_kib(max_memory_per_child_hard) if max_memory_per_child_hard else 0
+    except ValueError as exc:
+        fail(f"--max-memory-per-child-hard {max_memory_per_child_hard!r}: {exc}", 2)
+    try:
+        opts = options.resolve(
+            cfg, node, name=name or None, hostname=None if host in ("", "%h") else host, uid=uid, gid=gid, allow_root=allow_root,
+            pidfile=pidfile, logfile=logfile, log_format=log_format, detach=detach,
+            max_tasks_jitter=max_tasks_jitter, max_memory_per_child_hard=hard,
+        )
+        raise SystemExit(boot.run(opts, pool))
+    except ConfigError as exc:
+        fail(str(exc), exc.exit_code)
+    except daemon.DaemonError as exc:
+        fail(str(exc), exc.exit_code)
+
+
+COMMANDS = [worker]

@@ -1,0 +1,247 @@
+"""Daemon duties: pid file, directories, privilege drop and `--detach` with readiness.
+
+The order matters and is the one Celery gets wrong: as root, create the directories and open
+the log file first, then setgid → initgroups → setuid, and prove root cannot be regained.
+`--detach` double-forks, and the process that the user started exits only when the master says
+it is ready (exit 0) or why it is not (exit 1) — never "0, and the worker died a moment later".
+"""
+
+from __future__ import annotations
+
+import fcntl
+import grp
+import os
+import pwd
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+EX_CANTCREAT = 73  # sysexits.h: a live pid file means "cannot create output file"
+EX_NOPERM = 77
+
+
+class DaemonError(Exception):
+    """A daemon duty failed: one line saying why; `exit_code` is what the process exits with."""
+
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+# -- pid file ------------------------------------------------------------------------------
+
+
+class Pidfile:
+    """A pid file held with an exclusive `flock` for the life of the process.
+
+    The lock is the truth: a file nobody holds is stale whatever pid it names (dead, reused by
+    another program, or of another user). A file someone holds names a live master: exit 73.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.fd: int | None = None
+
+    def acquire(self, pid: int | None = None) -> None:
+        pid = pid or os.getpid()
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+        except OSError as exc:
+            raise DaemonError(f"cannot open pid file {self.path}: {exc.strerror}", EX_CANTCREAT) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise DaemonError(f"pid file {self.path} is held by a running process (pid {holder})", EX_CANTCREAT) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{pid}\n".encode(), 0)
+        os.fsync(fd)
+        self.fd = fd
+
+    def update(self, pid: int) -> None:
+        """After `--detach` the daemon's pid is not the one that took the lock."""
+        assert self.fd is not None
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, f"{pid}\n".encode(), 0)
+
+    def keep_across_exec(self) -> int:
+        """Let a re-exec'ing master keep the lock: returns the fd to hand over."""
+        assert self.fd is not None
+        os.set_inheritable(self.fd, True)
+        return self.fd
+
+    @classmethod
+    def adopt(cls, path: str | Path, fd: int) -> Pidfile:
+        pidfile = cls(path)
+        pidfile.fd = fd
+        os.set_inheritable(fd, False)
+        return pidfile
+
+    def release(self) -> None:
+        """Remove the file if it is still ours, then drop the lock."""
+        if self.fd is None:
+            return
+        try:
+            if os.path.samestat(os.fstat(self.fd), os.stat(self.path)):
+                self.path.unlink()
+        except OSError:
+            pass
+        os.close(self.fd)
+        self.fd = None
+
+
+def read_pid(path: str | Path) -> int | None:
+    """The pid of a live process holding `path`, or None (missing, stale or unlocked)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return None  # nobody holds it: stale
+        except BlockingIOError:
+            text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            return int(text) if text.isdigit() and psutil.pid_exists(int(text)) else None
+    finally:
+        os.close(fd)
+
+
+# -- users, directories, privileges ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Identity:
+    user: str
+    uid: int
+    gid: int
+    home: str
+
+
+def identity(user: str | None, group: str | None) -> Identity | None:
+    """Resolve `--uid/--gid` (names or numbers); None when neither is given."""
+    if not user and not group:
+        return None
+    try:
+        pw = pwd.getpwnam(user) if user and not user.isdigit() else pwd.getpwuid(int(user)) if user else pwd.getpwuid(os.getuid())
+    except KeyError:
+        raise DaemonError(f"unknown user {user!r} (create it, set user/--uid, or pass --allow-root)", EX_NOPERM) from None
+    try:
+        gid = (grp.getgrnam(group).gr_gid if not group.isdigit() else int(group)) if group else pw.pw_gid
+    except KeyError:
+        raise DaemonError(f"unknown group {group!r}", EX_NOPERM) from None
+    return Identity(pw.pw_name, pw.pw_uid, gid, pw.pw_dir)
+
+
+def make_dirs(dirs: dict[str, int], owner: Identity | None) -> None:
+    """Create each directory (path → mode) owned by `owner` when running as root."""
+    for path, mode in dirs.items():
+        p = Path(path)
+        try:
+            if not p.is_dir():
+                p.mkdir(mode=mode, parents=True)
+                p.chmod(mode)  # mkdir's mode is filtered by the umask
+            if owner and os.geteuid() == 0:
+                st = p.stat()
+                if (st.st_uid, st.st_gid) != (owner.uid, owner.gid):
+                    os.chown(p, owner.uid, owner.gid)
+        except OSError as exc:
+            raise DaemonError(f"cannot create directory {path}: {exc.strerror}") from None
+
+
+def drop_privileges(target: Identity) -> None:
+    """setgid → initgroups → setuid, then prove that root cannot be regained."""
+    if os.getuid() == target.uid and os.geteuid() == target.uid and os.getgid() == target.gid:
+        return
+    if os.geteuid() != 0:
+        raise DaemonError(f"cannot switch to user {target.user}: not running as root", EX_NOPERM)
+    os.setgid(target.gid)
+    os.initgroups(target.user, target.gid)
+    os.setuid(target.uid)
+    if target.uid != 0:
+        try:
+            os.setuid(0)
+        except PermissionError:
+            pass
+        else:
+            raise DaemonError("privilege drop failed: root could be regained", EX_NOPERM)
+    os.environ.update(HOME=target.home, USER=target.user, LOGNAME=target.user)
+
+
+def refuse_root(allow_root: bool) -> None:
+    if os.geteuid() == 0 and not allow_root:
+        raise DaemonError(
+            "refusing to run tasks as root: set user/group (--uid/--gid) or pass --allow-root", EX_NOPERM
+        )
+
+
+# -- detach ----------------------------------------------------------------------------------
+
+
+class Readiness:
+    """The pipe through which a detached daemon tells the waiting parent how start-up went."""
+
+    def __init__(self, fd: int | None = None):
+        self.fd = fd
+
+    def ok(self) -> None:
+        self._say(b"ok\n")
+
+    def fail(self, reason: str, code: int = 1) -> None:
+        self._say(f"fail {code} {reason}\n".encode())
+
+    def _say(self, data: bytes) -> None:
+        if self.fd is None:
+            return
+        try:
+            os.write(self.fd, data)
+        except OSError:
+            pass
+        os.close(self.fd)
+        self.fd = None
+
+
+def detach(workdir: str, umask: int, timeout: float) -> Readiness:
+    """Double-fork into the background. Returns in the daemon; the original process waits for
+    the daemon's word on the pipe and exits 0 (ready) or 1 (with the reason on stderr)."""
+    read_end, write_end = os.pipe()
+    if os.fork() > 0:
+        os.close(write_end)
+        code = _wait_for_daemon(read_end, timeout)
+        sys.stderr.flush()
+        os._exit(code)  # not sys.exit: the pid file and the rest now belong to the daemon
+    os.close(read_end)
+    os.setsid()
+    if os.fork() > 0:
+        os._exit(0)
+    os.umask(umask)
+    os.chdir(workdir)
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.close(null)
+    return Readiness(write_end)
+
+
+def _wait_for_daemon(fd: int, timeout: float) -> int:
+    import selectors
+
+    sel = selectors.DefaultSelector()
+    sel.register(fd, selectors.EVENT_READ)
+    data = b""
+    while not data.endswith(b"\n"):
+        if not sel.select(timeout):
+            print(f"qdeploy: error: the worker did not report ready within {timeout:g}s", file=sys.stderr)
+            return 1
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        data += chunk
+    if data == b"ok\n":
+        return 0
+    _, code, reason = data.decode(errors="replace").strip().split(" ", 2) if data.startswith(b"fail ") else ("", "1", "")
+    print(f"qdeploy: error: {reason or 'the worker exited before it was ready'}", file=sys.stderr)
+    return int(code) if code.isdigit() and int(code) else 1

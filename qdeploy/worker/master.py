@@ -1,0 +1,442 @@
+"""The master: fork N children that consume, and keep them healthy (gunicorn's arbiter shape).
+
+Signal handlers only record the signal (and wake the loop through `set_wakeup_fd`); the loop
+does the work: `reap_children`, `murder_children` (hard time/memory limits), `manage_pool`,
+`beat`. Per signal one `handle_<name>` method:
+
+    TERM  warm shutdown: children finish their tasks (up to graceful_timeout), the rest requeued
+    INT   like TERM; a second INT or TERM, or QUIT: cold shutdown (kill, requeue, exit)
+    HUP   graceful reload: re-exec with fresh code and config; old children finish their tasks
+    TTIN/TTOU  grow/shrink the pool by one     USR1  log the state     USR2  reopen log files
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import selectors
+import signal
+import sys
+import time
+from collections import deque
+
+import psutil
+import redis
+
+from qdeploy import results
+from qdeploy.sdnotify import Notifier
+from qdeploy.worker.options import WorkerOptions
+from qdeploy.worker.process import CHILD_BOOT_ERROR, child_main, set_title
+from qdeploy.worker.state import Child, State
+
+log = logging.getLogger("qdeploy.worker")
+
+WORKER_BOOT_ERROR = 3  # children keep failing to start: let systemd's restart limits take over
+MAX_BOOT_FAILURES = 5
+HEARTBEAT_EVERY = 2.0
+MEMORY_CHECK_EVERY = 1.0
+ADOPT_ENV = "QDEPLOY_REEXEC_STATE"  # what a re-exec'd master inherits (children, pid file fd)
+SIGNALS = ("TERM", "INT", "QUIT", "HUP", "TTIN", "TTOU", "USR1", "USR2", "CHLD")
+_REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
+
+
+class Master:
+    def __init__(self, app, opts: WorkerOptions, broker, notifier: Notifier, readiness=None, pidfile=None):
+        self.app, self.opts, self.broker = app, opts, broker
+        self.results = app.results_for(broker)
+        self.notifier, self.readiness, self.pidfile = notifier, readiness, pidfile
+        self.children: dict[int, Child] = {}
+        self.target = opts.concurrency
+        self.signals: deque[int] = deque()
+        self.stopping: str | None = None  # None, "warm" or "cold"
+        self.reload_requested = False
+        self.ready = False
+        self.boot_failures = 0
+        self.respawn_at = 0.0
+        self.spawned = 0
+        self.tasks_done = 0
+        self.started = time.time()
+        self.exit_code = 0
+        self.selector = selectors.DefaultSelector()
+        self._next_beat = self._next_memory_check = 0.0
+
+    # -- start and the loop ------------------------------------------------------------------
+    def run(self) -> int:
+        self.init_signals()
+        set_title(self.opts.title())
+        self.adopt_children()
+        self.requeue_previous_incarnation()
+        log.info("worker %s starting: %d children, queues %s", self.opts.owner, self.target, ",".join(self.opts.queues))
+        while not self.finished():
+            self.handle_signals()
+            self.reap_children()
+            self.murder_children()
+            self.manage_pool()
+            self.beat()
+            if self.reload_requested and not self.stopping:
+                self.reexec()
+            if not self.finished():
+                self.selector_wait()
+        self.halt()
+        return self.exit_code
+
+    def finished(self) -> bool:
+        return self.stopping is not None and not self.children
+
+    def init_signals(self) -> None:
+        read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.wakeup = read_end
+        signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+        self.selector.register(read_end, selectors.EVENT_READ, None)
+        for name in SIGNALS:
+            signal.signal(getattr(signal, f"SIG{name}"), self._record)
+
+    def _record(self, signum, frame) -> None:
+        self.signals.append(signum)  # only record: the loop does the work
+
+    def selector_wait(self) -> None:
+        timeout = min(HEARTBEAT_EVERY, self._until_next_deadline())
+        for key, _ in self.selector.select(max(0.0, timeout)):
+            if key.data is None:
+                _drain(key.fd)
+            else:
+                self.read_events(key.data)
+
+    def _until_next_deadline(self) -> float:
+        now = time.monotonic()
+        deadlines = [c.task.deadline for c in self.children.values() if c.task and c.task.deadline]
+        deadlines += [c.stop_by for c in self.children.values() if c.stop_by]
+        if self.respawn_at:
+            deadlines.append(self.respawn_at)
+        if self.opts.max_memory_per_child_hard:
+            deadlines.append(self._next_memory_check)
+        return min((d - now for d in deadlines), default=HEARTBEAT_EVERY)
+
+    # -- signals -----------------------------------------------------------------------------
+    def handle_signals(self) -> None:
+        while self.signals:
+            signum = self.signals.popleft()
+            name = signal.Signals(signum).name[3:].lower()
+            getattr(self, f"handle_{name}")()
+
+    def handle_term(self) -> None:
+        if self.stopping:
+            return self.handle_quit()
+        log.info("warm shutdown: finishing running tasks (up to %gs)", self.opts.graceful_timeout)
+        self.stopping = "warm"
+        self.notifier.stopping()
+        for child in self.children.values():
+            self.stop_child(child)
+
+    handle_int = handle_term
+
+    def handle_quit(self) -> None:
+        log.info("cold shutdown: killing children, requeueing their tasks")
+        self.stopping = "cold"
+        self.notifier.stopping()
+        for child in self.children.values():
+            self.kill_child(child, "cold shutdown")
+
+    def handle_hup(self) -> None:
+        log.info("reload requested: re-executing with fresh code; running tasks finish in the old children")
+        self.reload_requested = True
+
+    def handle_ttin(self) -> None:
+        self.target += 1
+        log.info("pool grows to %d", self.target)
+
+    def handle_ttou(self) -> None:
+        self.target = max(1, self.target - 1)
+        log.info("pool shrinks to %d", self.target)
+
+    def handle_usr1(self) -> None:
+        log.warning("state: %s", json.dumps(self.state()))
+
+    def handle_usr2(self) -> None:
+        from qdeploy.worker import logs
+
+        logs.reopen()
+        for child in self.children.values():
+            _signal(child.pid, signal.SIGUSR2)
+
+    def handle_chld(self) -> None:
+        pass  # reap_children runs on every turn of the loop
+
+    # -- children ----------------------------------------------------------------------------
+    def spawn_child(self, slot: int) -> None:
+        events_r, events_w = os.pipe2(os.O_CLOEXEC)
+        control_r, control_w = os.pipe2(os.O_CLOEXEC)
+        self.spawned += 1
+        cid = f"{self.opts.owner}/{os.getpid()}.{self.spawned}"
+        pid = os.fork()
+        if pid == 0:
+            os.close(events_r)
+            os.close(control_w)
+            self._close_master_fds()
+            child_main(self.app, self.opts, slot, cid, events_w, control_r)
+        os.close(events_w)
+        os.close(control_r)
+        os.set_blocking(events_r, False)
+        child = Child(pid, slot, cid, events_r, control_w)
+        self.children[pid] = child
+        self.selector.register(events_r, selectors.EVENT_READ, child)
+
+    def _close_master_fds(self) -> None:
+        self.selector.close()
+        os.close(self.wakeup)
+        for other in self.children.values():
+            for fd in (other.events, other.control):
+                if fd is not None:
+                    os.close(fd)
+        if self.pidfile is not None and self.pidfile.fd is not None:
+            os.close(self.pidfile.fd)
+            self.pidfile.fd = None
+        if self.readiness is not None and self.readiness.fd is not None:
+            os.close(self.readiness.fd)
+            self.readiness.fd = None
+
+    def read_events(self, child: Child) -> None:
+        try:
+            data = os.read(child.events, 65536)
+        except BlockingIOError:
+            return
+        if not data:  # the child closed its end: it is exiting
+            self._close_events(child)
+            return
+        child.buffer += data
+        *lines, child.buffer = child.buffer.split(b"\n")
+        for line in lines:
+            before = child.tasks_done
+            child.on_event(line.decode(errors="replace"))
+            self.tasks_done += child.tasks_done - before
+            if line[:1] == b"U":
+                self.boot_failures = 0
+            elif line[:1] == b"R":
+                log.info("child %d retiring: %s", child.pid, child.retiring_reason)
+
+    def _close_events(self, child: Child) -> None:
+        if child.events is not None:
+            self.selector.unregister(child.events)
+            os.close(child.events)
+            child.events = None
+
+    def stop_child(self, child: Child) -> None:
+        """Ask a child to finish its task and leave (close its control pipe); it is killed and
+        its task requeued if it is still there after graceful_timeout."""
+        if child.control is not None:
+            os.close(child.control)
+            child.control = None
+        if child.state is not State.STOPPING:
+            child.transition(State.STOPPING)
+        if child.stop_by is None:
+            child.stop_by = time.monotonic() + self.opts.graceful_timeout
+
+    def kill_child(self, child: Child, why: str) -> None:
+        child.killed_for = child.killed_for or why
+        _signal(child.pid, signal.SIGKILL)
+
+    def reap_children(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            child = self.children.pop(pid, None)
+            if child is None:
+                continue
+            if child.events is not None:
+                self.read_events(child)  # the last lines it wrote
+                self._close_events(child)
+            if child.control is not None:
+                os.close(child.control)
+            child.transition(State.EXITED)
+            self.child_exited(child, os.waitstatus_to_exitcode(status))
+
+    def child_exited(self, child: Child, code: int) -> None:
+        clean = code == 0 and not child.killed_for
+        if child.task and child.killed_for.startswith("time limit"):
+            self.fail_task(child, "TimeLimitExceeded", child.killed_for)
+        if not clean:
+            moved = self.requeue(child.cid)
+            how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+            log.warning("child %d %s%s: requeued %d task(s)", child.pid, how,
+                        f" ({child.killed_for})" if child.killed_for else "", moved)
+        if code == CHILD_BOOT_ERROR or (code != 0 and not child.killed_for and not child.up):
+            self.boot_failures += 1
+            delay = min(0.05 * 2 ** self.boot_failures, 10.0)
+            self.respawn_at = time.monotonic() + delay
+            log.error("child failed to start (%s); %d in a row, next try in %.1fs",
+                      child.boot_error or f"exit code {code}", self.boot_failures, delay)
+            if self.boot_failures >= MAX_BOOT_FAILURES and not self.stopping:
+                self.give_up(f"children keep failing to start: {child.boot_error or f'exit code {code}'}")
+
+    def give_up(self, reason: str) -> None:
+        log.critical("%s", reason)
+        if self.readiness is not None:
+            self.readiness.fail(reason, WORKER_BOOT_ERROR)
+        self.exit_code = WORKER_BOOT_ERROR
+        self.handle_quit()
+
+    def requeue(self, cid: str) -> int:
+        try:
+            return self.broker.requeue_consumer(cid)
+        except _REDIS_DOWN as exc:
+            log.error("cannot requeue tasks of %s now (%s): recovered after the visibility timeout", cid, exc)
+            return 0
+
+    def fail_task(self, child: Child, exc_type: str, reason: str) -> None:
+        """A task the master killed is marked FAILURE and acked: never redelivered forever."""
+        task_id = child.task.id
+        record = results.record(results.FAILURE, exc_type=exc_type, exc=reason, reason=reason, worker=child.cid)
+        try:
+            self.results.store(task_id, record)
+            self.broker.ack(child.cid, task_id)
+        except _REDIS_DOWN as exc:
+            log.error("cannot record the failure of task %s (%s)", task_id, exc)
+        log.error("task %s killed: %s", task_id, reason)
+
+    def murder_children(self) -> None:
+        """Kill children over their hard time limit, or over the hard memory limit."""
+        now = time.monotonic()
+        for child in list(self.children.values()):
+            task = child.task
+            if task and task.deadline and now >= task.deadline and not child.killed_for:
+                self.kill_child(child, f"time limit exceeded ({task.deadline - task.started:g}s)")
+            if child.stop_by and now >= child.stop_by and not child.killed_for:
+                self.kill_child(child, "graceful timeout reached")
+        hard = self.opts.max_memory_per_child_hard
+        if hard and now >= self._next_memory_check:
+            self._next_memory_check = now + MEMORY_CHECK_EVERY
+            for child in list(self.children.values()):
+                rss = _rss_kib(child.pid)
+                if rss > hard and not child.killed_for:
+                    self.kill_child(child, f"memory {rss} KiB > hard limit {hard} KiB")
+
+    def manage_pool(self) -> None:
+        if self.stopping:
+            return
+        serving = sorted((c for c in self.children.values() if c.serving and not c.adopted), key=lambda c: c.slot)
+        for child in serving[self.target :]:
+            self.stop_child(child)
+        if time.monotonic() < self.respawn_at:
+            return
+        used = {c.slot for c in serving[: self.target]}
+        for slot in range(1, self.target + 1):
+            if slot not in used:
+                self.spawn_child(slot)
+                if self.boot_failures:  # one at a time while children fail to start
+                    break
+        if not self.ready and sum(c.state is State.IDLE or c.state is State.BUSY for c in self.children.values()) >= self.target:
+            self.ready = True
+            log.info("worker %s ready: %d children", self.opts.owner, self.target)
+            self.notifier.ready(self.status_line())
+            if self.readiness is not None:
+                self.readiness.ok()
+
+    # -- heartbeat, status ---------------------------------------------------------------------
+    def state(self) -> dict:
+        return {
+            "node": self.opts.node, "owner": self.opts.owner, "pid": os.getpid(), "pool": self.target,
+            "tasks_done": self.tasks_done, "started": self.started, "queues": self.opts.queues,
+            "children": [
+                {"pid": c.pid, "slot": c.slot, "state": c.state.value, "task": c.task.id if c.task else None,
+                 "tasks_done": c.tasks_done, "cid": c.cid}
+                for c in sorted(self.children.values(), key=lambda c: c.slot)
+            ],
+        }
+
+    def status_line(self) -> str:
+        busy = sum(c.state is State.BUSY for c in self.children.values())
+        return f"{len(self.children)} children ({busy} busy), {self.tasks_done} tasks done"
+
+    def beat(self) -> None:
+        now = time.monotonic()
+        if now < self._next_beat:
+            return
+        self._next_beat = now + HEARTBEAT_EVERY
+        info = {k: v for k, v in self.state().items() if k != "children"}
+        info["host"] = self.opts.owner.partition("@")[2]
+        try:
+            self.broker.heartbeat(self.opts.owner, self.app.visibility_timeout, info)
+            if not self.stopping:
+                for cid, moved in self.broker.recover_dead().items():
+                    log.warning("consumer %s is dead (no heartbeat): requeued %d task(s)", cid, moved)
+        except _REDIS_DOWN as exc:
+            log.warning("heartbeat failed: %s", exc)
+        self.notifier.status(self.status_line())
+        if self.notifier.watchdog_interval:
+            self.notifier.watchdog()
+
+    def requeue_previous_incarnation(self) -> None:
+        """Consumers registered under our node name but not ours died with a previous master on
+        this host: requeue their tasks now instead of after the visibility timeout."""
+        mine = {c.cid for c in self.children.values()}
+        try:
+            for cid, owner in self.broker.client.hgetall(self.broker.k_consumers).items():
+                cid, owner = cid.decode(), owner.decode()
+                if owner == self.opts.owner and cid not in mine:
+                    moved = self.broker.requeue_consumer(cid)
+                    if moved:
+                        log.warning("requeued %d task(s) left by %s (a previous run of this node)", moved, cid)
+        except _REDIS_DOWN as exc:
+            log.warning("cannot look for a previous run's tasks now: %s", exc)
+
+    # -- reload (HUP) and exit -----------------------------------------------------------------
+    def reexec(self) -> None:
+        """Replace this process image (same pid, so systemd and pid files stay right) with a fresh
+        one; the old children finish their current task and are adopted by the new image."""
+        self.notifier.reloading()
+        for child in self.children.values():
+            self.stop_child(child)
+        state = {
+            "children": [{"pid": c.pid, "slot": c.slot, "cid": c.cid} for c in self.children.values()],
+            "pidfile": [str(self.pidfile.path), self.pidfile.keep_across_exec()] if self.pidfile and self.pidfile.fd else None,
+        }
+        env = dict(os.environ, **{ADOPT_ENV: json.dumps(state)})
+        if self.notifier.raw_address:
+            env["NOTIFY_SOCKET"] = self.notifier.raw_address
+        logging.shutdown()
+        signal.set_wakeup_fd(-1)
+        os.execve(sys.executable, sys.orig_argv, env)
+
+    def adopt_children(self) -> None:
+        raw = os.environ.pop(ADOPT_ENV, None)
+        if not raw:
+            return
+        for item in json.loads(raw)["children"]:
+            child = Child(item["pid"], item["slot"], item["cid"], None, None, adopted=True, up=True)
+            self.stop_child(child)
+            self.children[child.pid] = child
+        log.info("reloaded: %d old children finish their tasks", len(self.children))
+
+    def halt(self) -> None:
+        try:
+            self.broker.stop_heartbeat(self.opts.owner)
+        except _REDIS_DOWN:
+            pass
+        log.info("worker %s stopped (%s shutdown)", self.opts.owner, self.stopping)
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _rss_kib(pid: int) -> int:
+    try:
+        return psutil.Process(pid).memory_info().rss // 1024
+    except psutil.Error:
+        return 0

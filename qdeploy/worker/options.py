@@ -1,0 +1,90 @@
+"""The resolved options of one worker node: config file + node overrides + command-line flags."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+
+from qdeploy.config import Config
+from qdeploy.nodes import expand
+from qdeploy.settings import NODE_SETTINGS
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    node: str
+    owner: str  # node@host: the identity whose heartbeat vouches for this node's consumers
+    app: str
+    broker: str | None  # None: the app's own broker (no config, flag or $QDEPLOY_BROKER set one)
+    queues: list[str]
+    concurrency: int
+    max_tasks_per_child: int
+    max_tasks_jitter: float
+    max_memory_per_child: int  # KiB, recycle after the task
+    max_memory_per_child_hard: int  # KiB, kill mid-task
+    time_limit: float
+    soft_time_limit: float
+    graceful_timeout: float
+    log_level: str
+    log_format: str
+    logfile: str | None
+    pidfile: str | None
+    detach: bool
+    user: str | None
+    group: str | None
+    allow_root: bool
+    explicit_user: bool  # --uid/--gid given on the command line
+    workdir: str
+    chdir: bool  # workdir was set (config, environment or flag): change into it before importing
+    umask: int
+    log_dir: str
+    pid_dir: str
+    state_dir: str
+    start_timeout: float = 30.0
+
+    def title(self) -> str:
+        return f"qdeploy worker {self.node} master"
+
+
+def resolve(cfg: Config, node: str | None, *, name: str | None = None, hostname: str | None = None,
+            **flags) -> WorkerOptions:
+    """Options of config node `node` (its [node] tables applied), or with no node the [worker]
+    section's, named `name` (default "worker"). `flags` are the worker-only command-line options
+    (logfile, pidfile, detach, uid, gid...)."""
+    per_node = cfg.node(node) if node else {key: cfg[f"worker.{key}"] for key in NODE_SETTINGS}
+    name = node or name or "worker"
+    host = hostname or socket.gethostname()
+    concurrency = per_node["concurrency"] or os.cpu_count() or 1
+    logfile = flags.get("logfile")
+    pidfile = flags.get("pidfile")
+    return WorkerOptions(
+        node=name,
+        owner=f"{name}@{host}",
+        app=cfg["app"],
+        broker=cfg["broker"] if "broker" in cfg.given else None,
+        queues=per_node["queues"],
+        concurrency=concurrency,
+        max_tasks_per_child=per_node["max_tasks_per_child"],
+        max_tasks_jitter=flags.get("max_tasks_jitter") or 0.0,
+        max_memory_per_child=per_node["max_memory_per_child"],
+        max_memory_per_child_hard=flags.get("max_memory_per_child_hard") or 0,
+        time_limit=per_node["time_limit"],
+        soft_time_limit=per_node["soft_time_limit"],
+        graceful_timeout=per_node["graceful_timeout"],
+        log_level=cfg["log_level"],
+        log_format=flags.get("log_format") or "text",
+        logfile=logfile or None,  # may hold %i/%I: expanded per process by qdeploy.worker.logs
+        pidfile=expand(pidfile, name, host) if pidfile else None,
+        detach=bool(flags.get("detach")),
+        user=flags.get("uid") or cfg["user"],
+        group=flags.get("gid") or (None if flags.get("uid") else cfg["group"]),  # --uid alone: its own group
+        allow_root=bool(flags.get("allow_root")),
+        explicit_user=bool(flags.get("uid") or flags.get("gid")),
+        workdir=cfg["workdir"],
+        chdir="workdir" in cfg.given,
+        umask=int(cfg["umask"], 8),
+        log_dir=cfg["log_dir"],
+        pid_dir=cfg["pid_dir"],
+        state_dir=cfg["state_dir"],
+    )

@@ -1,0 +1,128 @@
+"""What runs in a forked child: set the child up, run the consumer loop, report to the master.
+
+A child ignores the group-wide TERM/INT that supervisord (`stopasgroup`) and systemd send: only
+its master tells it to stop, by closing the control pipe, and it then finishes the task in hand.
+It dies with the master (PR_SET_PDEATHSIG), so there are never orphans.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import random
+import select
+import signal
+import sys
+from typing import NoReturn
+
+from qdeploy.worker import logs
+from qdeploy.worker.options import WorkerOptions
+
+log = logging.getLogger("qdeploy.worker")
+
+CHILD_BOOT_ERROR = 3  # the child could not even start consuming
+PR_SET_PDEATHSIG = 1
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def set_pdeathsig(sig: int = signal.SIGKILL) -> None:
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the control pipe's EOF still stops the child
+        pass
+
+
+def rss_kib() -> int:
+    """Current resident memory of this process, from /proc/self/statm (cheap: one read)."""
+    with open("/proc/self/statm", "rb") as fh:
+        return int(fh.read().split()[1]) * _PAGE // 1024
+
+
+def set_title(text: str) -> None:
+    try:
+        import setproctitle
+    except ImportError:
+        return
+    setproctitle.setproctitle(text)
+
+
+class ChildLink:
+    """The child's end of the two pipes, plus the flags its signal handlers record."""
+
+    def __init__(self, events: int, control: int, opts: WorkerOptions, slot: int):
+        self.events, self.control, self.opts, self.slot = events, control, opts, slot
+        self.stop_reason = ""
+        self.reopen_logs = False
+        jitter = opts.max_tasks_jitter
+        limit = opts.max_tasks_per_child
+        self.max_tasks = max(1, round(limit * random.uniform(1 - jitter, 1 + jitter))) if limit else None
+        self.hard = opts.time_limit
+
+    def send(self, line: str) -> None:
+        try:
+            os.write(self.events, (line.replace("\n", " ") + "\n").encode())
+        except OSError:
+            pass  # the master is gone: PDEATHSIG will follow
+
+    def should_stop(self) -> bool:
+        if self.reopen_logs:
+            self.reopen_logs = False
+            logs.reopen()
+        if not self.stop_reason and select.select([self.control], [], [], 0)[0]:
+            self.stop_reason = "asked by the master"
+        return bool(self.stop_reason)
+
+    def on_task_start(self, task_id: str, name: str, started: float, limits: dict) -> None:
+        hard = limits.get("hard") or self.hard
+        self.send(f"S {task_id} {hard or 0}")
+        set_title(f"qdeploy worker {self.opts.node} child {self.slot}: {name}[{task_id}]")
+
+    def on_task_done(self, task_id: str, name: str, state: str, runtime: float) -> None:
+        self.send(f"D {task_id}")
+        set_title(f"qdeploy worker {self.opts.node} child {self.slot}: idle")
+        limit = self.opts.max_memory_per_child
+        if limit and not self.stop_reason and (rss := rss_kib()) > limit:
+            self.stop_reason = f"memory {rss} KiB > max_memory_per_child {limit} KiB"
+
+
+def child_main(app, opts: WorkerOptions, slot: int, cid: str, events: int, control: int) -> NoReturn:
+    """Entry point in the forked child; never returns."""
+    code = 0
+    try:
+        set_pdeathsig()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1):
+            signal.signal(sig, signal.SIG_IGN)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.set_wakeup_fd(-1)
+        link = ChildLink(events, control, opts, slot)
+        signal.signal(signal.SIGUSR2, lambda *_: setattr(link, "reopen_logs", True))
+        logs.child_started(opts, slot)
+        set_title(f"qdeploy worker {opts.node} child {slot}: idle")
+        code = _consume(app, opts, cid, link)
+    except BaseException as exc:  # noqa: BLE001 - a child must report, never raise past here
+        log.exception("child %s crashed: %s", cid, exc)
+        code = 1
+    finally:
+        logging.shutdown()
+    sys.stdout.flush()
+    os._exit(code)
+
+
+def _consume(app, opts: WorkerOptions, cid: str, link: ChildLink) -> int:
+    from qdeploy.worker.child import Consumer
+
+    try:
+        consumer = Consumer(
+            app, opts.queues, cid, owner=opts.owner, heartbeat=False,
+            on_task_start=link.on_task_start, on_task_done=link.on_task_done,
+            default_limits=(opts.soft_time_limit or None, opts.time_limit or None),
+        )
+    except Exception as exc:  # noqa: BLE001 - e.g. a bad broker URL: tell the master why
+        link.send(f"E cannot start consumer: {exc}")
+        return CHILD_BOOT_ERROR
+    link.send("U")
+    done = consumer.run(max_tasks=link.max_tasks, should_stop=link.should_stop)
+    reason = link.stop_reason or (f"max_tasks_per_child {link.max_tasks} reached" if link.max_tasks and done >= link.max_tasks else "stopped")
+    link.send(f"R {reason}")
+    return 0

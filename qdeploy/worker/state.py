@@ -1,0 +1,109 @@
+"""The life of one child process, as an explicit state machine (supervisor's `states.py` idea).
+
+    STARTING ──U──▶ IDLE ──S──▶ BUSY ──D──▶ IDLE
+        │            │  ◀──────────┘ │
+        │            └──R──▶ RETIRING ◀──R─┘      (max tasks / memory reached: it leaves by itself)
+        └──────────── stop ──▶ STOPPING          (the master asked it to finish and leave)
+    any state ── reaped ──▶ EXITED
+
+Events arrive from the child on its events pipe, one line each: `U` (up), `S <id> <hard>`
+(task started; hard deadline in seconds or 0), `D <id>` (task done), `R <reason>` (retiring),
+`E <reason>` (cannot boot).
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass, field
+
+
+class State(enum.Enum):
+    STARTING = "starting"
+    IDLE = "idle"
+    BUSY = "busy"
+    RETIRING = "retiring"
+    STOPPING = "stopping"
+    EXITED = "exited"
+
+
+LEGAL: dict[State, frozenset[State]] = {
+    State.STARTING: frozenset({State.IDLE, State.STOPPING, State.EXITED}),
+    State.IDLE: frozenset({State.BUSY, State.RETIRING, State.STOPPING, State.EXITED}),
+    State.BUSY: frozenset({State.IDLE, State.RETIRING, State.STOPPING, State.EXITED}),
+    State.RETIRING: frozenset({State.STOPPING, State.EXITED}),
+    State.STOPPING: frozenset({State.EXITED}),
+    State.EXITED: frozenset(),
+}
+
+
+class IllegalTransition(RuntimeError):
+    pass
+
+
+@dataclass(eq=False)
+class Task:
+    id: str
+    started: float  # monotonic
+    deadline: float | None  # monotonic time at which the master kills the child
+
+
+@dataclass(eq=False)
+class Child:
+    pid: int
+    slot: int
+    cid: str  # consumer identity in Redis: what the master requeues if the child dies
+    events: int | None  # read end of the child's events pipe
+    control: int | None  # write end of the control pipe; closing it asks the child to stop
+    state: State = State.STARTING
+    born: float = field(default_factory=time.monotonic)
+    task: Task | None = None
+    tasks_done: int = 0
+    retiring_reason: str = ""
+    boot_error: str = ""
+    killed_for: str = ""  # why the master killed it (time limit, memory)
+    adopted: bool = False  # inherited across a HUP re-exec: finishing, not supervised by events
+    up: bool = False  # said `U`: it booted and consumes
+    stop_by: float | None = None  # monotonic time after which a stopping child is killed
+    buffer: bytes = b""  # a partial event line
+
+    def transition(self, new: State) -> None:
+        if new is self.state:
+            return
+        if new not in LEGAL[self.state]:
+            raise IllegalTransition(f"child {self.pid}: {self.state.value} -> {new.value}")
+        self.state = new
+
+    @property
+    def alive(self) -> bool:
+        return self.state is not State.EXITED
+
+    @property
+    def serving(self) -> bool:
+        """Counts towards the pool size: it will take new tasks."""
+        return self.state in (State.STARTING, State.IDLE, State.BUSY)
+
+    def on_event(self, line: str) -> None:
+        kind, _, rest = line.partition(" ")
+        if kind == "U":
+            self.up = True
+            if self.state is State.STARTING:
+                self.transition(State.IDLE)
+        elif kind == "S":
+            task_id, _, hard = rest.partition(" ")
+            now = time.monotonic()
+            limit = float(hard or 0)
+            self.task = Task(task_id, now, now + limit if limit > 0 else None)
+            if self.state is State.IDLE:
+                self.transition(State.BUSY)
+        elif kind == "D":
+            self.task = None
+            self.tasks_done += 1
+            if self.state is State.BUSY:
+                self.transition(State.IDLE)
+        elif kind == "R":
+            self.retiring_reason = rest
+            if self.state in (State.IDLE, State.BUSY):
+                self.transition(State.RETIRING)
+        elif kind == "E":
+            self.boot_error = rest

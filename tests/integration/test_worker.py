@@ -1,0 +1,290 @@
+"""`qdeploy worker` (prefork): the master and its children, as real processes on a private Redis.
+
+Readiness and the rest of the sd_notify conversation are read from a real NOTIFY_SOCKET."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import psutil
+import pytest
+
+from qdeploy import App
+from tests.integration.conftest import REPO, wait_until
+
+
+class Notify:
+    """A datagram socket standing in for systemd's notify socket."""
+
+    def __init__(self):
+        directory = tempfile.mkdtemp(prefix="qdeploy-notify-")
+        os.chmod(directory, 0o755)  # a worker that dropped privileges must still reach it
+        self.path = os.path.join(directory, "notify")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        os.chmod(self.path, 0o666)
+        self.messages: list[str] = []
+
+    def wait_for(self, text: str, timeout: float = 15.0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for message in self.messages:
+                if text in message:
+                    return message
+            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                self.messages.append(self.sock.recv(4096).decode())
+            except TimeoutError:
+                break
+        raise AssertionError(f"no {text!r} from the worker; got {self.messages}")
+
+
+class Master:
+    def __init__(self, url, namespace, tmp_path, *args, env=None, notify=True):
+        self.notify = Notify() if notify else None
+        environ = dict(os.environ, QDEPLOY_NAMESPACE=namespace, QDEPLOY_BROKER=url,
+                       PYTHONPATH=str(REPO), **(env or {}))
+        environ.pop("QDEPLOY_CONFIG", None)
+        if self.notify:
+            environ["NOTIFY_SOCKET"] = self.notify.path
+        self.argv = [sys.executable, "-m", "qdeploy", "worker", "-A", "tests.integration.tasks:app", "-l", "info",
+                     "-n", f"m{time.monotonic_ns()}@test", *args]
+        self.proc = subprocess.Popen(self.argv, env=environ, cwd=tmp_path, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def ready(self) -> Master:
+        self.notify.wait_for("READY=1")
+        return self
+
+    def children(self) -> list[psutil.Process]:
+        return psutil.Process(self.pid).children()
+
+    def signal(self, sig) -> None:
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout=30) -> int:
+        return self.proc.wait(timeout)
+
+    def output(self) -> str:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        return self.proc.communicate(timeout=10)[0]
+
+
+@pytest.fixture
+def masters(redis_server, namespace, tmp_path):
+    started: list[Master] = []
+
+    def start(*args, root=False, **kw) -> Master:
+        m = Master(redis_server.url, namespace, tmp_path, *([] if root else ["--allow-root"]), *args, **kw)
+        started.append(m)
+        return m
+
+    yield start
+    for m in started:
+        if m.proc.poll() is None:
+            m.proc.kill()
+            m.proc.wait()
+
+
+@pytest.fixture
+def tapp(redis_server, namespace):
+    return App("itest", broker=redis_server.url, namespace=namespace)
+
+
+def runs(rclient, namespace, tag) -> int:
+    return int(rclient.get(f"{namespace}:test:runs:{tag}") or 0)
+
+
+def test_pool_runs_tasks_in_children_and_notifies(masters, tapp):
+    m = masters("-c", "3").ready()
+    assert len(m.children()) == 3
+    pids = {r.get(timeout=10) for r in [tapp.send_task("t.pid") for _ in range(30)]}
+    assert pids <= {c.pid for c in m.children()} and m.pid not in pids
+    m.notify.wait_for("STATUS=")
+    m.signal(signal.SIGTERM)
+    assert m.wait() == 0
+    assert "STOPPING=1" in m.notify.wait_for("STOPPING=1")
+
+
+def test_recycle_after_max_tasks_loses_nothing(masters, tapp, rclient, namespace):
+    m = masters("-c", "2", "--max-tasks-per-child", "3", "--max-tasks-jitter", "0").ready()
+    results = [tapp.send_task("t.pid", [f"r{i}"]) for i in range(40)]
+    pids = [r.get(timeout=20) for r in results]
+    assert all(runs(rclient, namespace, f"r{i}") == 1 for i in range(40))
+    assert len(set(pids)) >= 40 // 3
+    assert max(pids.count(p) for p in set(pids)) <= 3
+    wait_until(lambda: len(m.children()) == 2, 5, what="a full pool after recycling")
+    m.signal(signal.SIGTERM)
+    assert m.wait() == 0
+
+
+def test_memory_recycle_after_the_task(masters, tapp):
+    m = masters("-c", "1", "--max-memory-per-child", "80M").ready()
+    freed = tapp.send_task("t.hog", [150]).get(timeout=20)
+    assert tapp.send_task("t.pid").get(timeout=20) == freed, "current memory counts, not the peak"
+    leaked = tapp.send_task("t.hog", [150], {"leak": True}).get(timeout=20)
+    second = tapp.send_task("t.pid").get(timeout=20)
+    assert leaked != second, "the child over max_memory_per_child must be replaced after its task"
+    assert tapp.send_task("t.pid").get(timeout=20) == second, "a child under the limit is kept"
+    m.signal(signal.SIGTERM)
+    assert m.wait() == 0
+
+
+def test_hard_memory_limit_kills_mid_task_then_dead_letters(masters, tapp, rclient, namespace):
+    m = masters("-c", "1", "--max-memory-per-child-hard", "120M",
+                env={"QDEPLOY_MAX_DELIVERIES": "2"}).ready()
+    res = tapp.send_task("t.hog", [300, 5.0])
+    with pytest.raises(Exception, match="DeadLettered|delivered"):
+        res.get(timeout=40)
+    assert runs(rclient, namespace, res.id) == 2
+    assert tapp.send_task("t.pid").get(timeout=20) in {c.pid for c in m.children()}
+    assert "hard limit" in (m.signal(signal.SIGTERM) or m.output())
+
+
+def test_hard_time_limit_kills_the_child_and_fails_the_task(masters, tapp, rclient, namespace):
+    m = masters("-c", "1", "--time-limit", "1").ready()
+    before = {c.pid for c in m.children()}
+    res = tapp.send_task("t.stuck", [30])
+    with pytest.raises(Exception, match="TimeLimitExceeded"):
+        res.get(timeout=15)
+    assert res.state == "FAILURE"
+    wait_until(lambda: len(m.children()) == 1 and {c.pid for c in m.children()} != before, 10, what="a new child")
+    assert tapp.send_task("t.pid").get(timeout=10)
+    time.sleep(0.5)
+    assert runs(rclient, namespace, res.id) == 1, "a task killed for its time limit is not redelivered"
+
+
+def test_soft_time_limit_raises_inside_the_task(masters, tapp):
+    masters("-c", "1", "--soft-time-limit", "0.5").ready()
+    assert tapp.send_task("t.soft", [5]).get(timeout=10) == "cleaned up"
+
+
+def test_sigkill_of_a_child_requeues_its_task_at_once(masters, tapp, rclient, namespace):
+    m = masters("-c", "2").ready()
+    res = tapp.send_task("t.slow_once", [30])
+    wait_until(lambda: runs(rclient, namespace, res.id) == 1, 10, what="the task to start")
+    killed = {c.pid for c in m.children()}
+    for pid in killed:
+        os.kill(pid, signal.SIGKILL)
+    assert res.get(timeout=15) == 2, "redelivered once, finished on the second delivery"
+    assert runs(rclient, namespace, res.id) == 2
+    assert not killed & {c.pid for c in m.children()} and len(m.children()) == 2
+
+
+def test_sigkill_of_the_master_takes_the_children_and_another_node_recovers(masters, tapp, rclient, namespace):
+    env = {"QDEPLOY_VISIBILITY_TIMEOUT": "1"}
+    m = masters("-c", "1", env=env).ready()
+    children = m.children()
+    res = tapp.send_task("t.slow_once", [30])
+    wait_until(lambda: runs(rclient, namespace, res.id) == 1, 10, what="the task to start")
+    m.signal(signal.SIGKILL)
+    m.wait()
+    wait_until(lambda: not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children), 5,
+               what="the children to die with their master")
+    masters("-c", "1", env=env).ready()
+    assert res.get(timeout=20) == 2
+
+
+def test_warm_shutdown_finishes_running_tasks(masters, tapp, rclient, namespace):
+    m = masters("-c", "2").ready()
+    res = tapp.send_task("t.slow", [1.5, "warm"])
+    wait_until(lambda: runs(rclient, namespace, "warm") == 1, 10, what="the task to start")
+    m.signal(signal.SIGTERM)
+    assert m.wait() == 0
+    assert res.state == "SUCCESS"
+
+
+def test_warm_shutdown_requeues_what_outlives_the_graceful_timeout(masters, tapp, rclient, namespace):
+    m = masters("-c", "1", "--graceful-timeout", "0.5").ready()
+    res = tapp.send_task("t.slow_once", [30])
+    wait_until(lambda: runs(rclient, namespace, res.id) == 1, 10, what="the task to start")
+    began = time.monotonic()
+    m.signal(signal.SIGTERM)
+    assert m.wait() == 0 and time.monotonic() - began < 10
+    assert res.state != "SUCCESS"
+    masters("-c", "1").ready()
+    assert res.get(timeout=15) == 2
+
+
+@pytest.mark.parametrize("second", [signal.SIGTERM, signal.SIGQUIT])
+def test_cold_shutdown_kills_and_requeues(masters, tapp, rclient, namespace, second):
+    m = masters("-c", "1").ready()
+    res = tapp.send_task("t.slow_once", [30])
+    wait_until(lambda: runs(rclient, namespace, res.id) == 1, 10, what="the task to start")
+    if second == signal.SIGTERM:
+        m.signal(signal.SIGTERM)
+        time.sleep(0.3)
+    m.signal(second)
+    assert m.wait(10) == 0
+    masters("-c", "1").ready()
+    assert res.get(timeout=15) == 2
+
+
+def test_group_wide_term_is_a_warm_shutdown(masters, tapp, rclient, namespace):
+    m = masters("-c", "2").ready()
+    res = tapp.send_task("t.slow", [1.5, "group"])
+    wait_until(lambda: runs(rclient, namespace, "group") == 1, 10, what="the task to start")
+    for proc in [psutil.Process(m.pid), *m.children()]:  # what supervisord stopasgroup / systemd send
+        proc.send_signal(signal.SIGTERM)
+    assert m.wait() == 0
+    assert res.state == "SUCCESS" and runs(rclient, namespace, "group") == 1
+
+
+def test_hup_reloads_with_new_children_while_old_ones_finish(masters, tapp, rclient, namespace):
+    m = masters("-c", "2").ready()
+    old = {c.pid for c in m.children()}
+    res = tapp.send_task("t.slow", [2, "reload"])
+    wait_until(lambda: runs(rclient, namespace, "reload") == 1, 10, what="the task to start")
+    m.signal(signal.SIGHUP)
+    m.notify.wait_for("RELOADING=1")
+    wait_until(lambda: len([c for c in m.children() if c.pid not in old]) == 2, 15, what="new children")
+    assert m.proc.poll() is None and psutil.Process(m.pid).pid == m.pid
+    assert tapp.send_task("t.pid").get(timeout=10) not in old
+    assert res.get(timeout=15) == "reload", "the task on the old child finished"
+    wait_until(lambda: not old & {c.pid for c in m.children()}, 10, what="old children to leave")
+    m.signal(signal.SIGTERM)
+    assert m.wait() == 0
+
+
+def test_ttin_ttou_grow_and_shrink(masters):
+    m = masters("-c", "2").ready()
+    m.signal(signal.SIGTTIN)
+    wait_until(lambda: len(m.children()) == 3, 10, what="3 children")
+    m.signal(signal.SIGTTOU)
+    m.signal(signal.SIGTTOU)
+    wait_until(lambda: len(m.children()) == 1, 10, what="1 child")
+    m.signal(signal.SIGTTOU)
+    time.sleep(0.5)
+    assert len(m.children()) == 1, "the pool never shrinks below one"
+
+
+def test_usr1_logs_the_state(masters):
+    m = masters("-c", "1").ready()
+    m.signal(signal.SIGUSR1)
+    time.sleep(0.5)
+    m.signal(signal.SIGTERM)
+    m.wait()
+    assert '"tasks_done"' in m.output()
+
+
+def test_children_that_cannot_boot_make_the_master_give_up(masters):
+    m = masters("-c", "2", env={"QDEPLOY_TEST_CHILD_BOOT_FAILS": "1"}, notify=False)
+    assert m.wait(60) == 3
+    assert "children keep failing to start" in m.output()
+
+
+def test_bad_app_is_a_one_line_error_before_anything_starts(masters):
+    m = masters("-A", "no.such:app", notify=False)
+    assert m.wait(20) == 2
+    assert m.output().strip().splitlines() == ["qdeploy: error: cannot import app 'no.such:app': ModuleNotFoundError: No module named 'no'"]
