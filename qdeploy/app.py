@@ -15,6 +15,7 @@ import importlib
 import os
 import random
 import re
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -112,11 +113,20 @@ class Task:
         self.rate_limit, self.rate = rate_limit, parse_rate(rate_limit)
         self.track_started = app.track_started if track_started is None else track_started
         self.expires = expires
-        self.request: Request | None = None  # set by the consumer while the task runs
+        self._local = threading.local()  # a child with threads runs several requests at once
         self.__doc__, self.__name__ = fn.__doc__, getattr(fn, "__name__", self.name)
 
     def __repr__(self) -> str:
         return f"<Task {self.name}>"
+
+    @property
+    def request(self) -> Request | None:
+        """The request being run by this thread (set by the consumer while the task runs)."""
+        return getattr(self._local, "request", None)
+
+    @request.setter
+    def request(self, value: Request | None) -> None:
+        self._local.request = value
 
     def __call__(self, *args, **kwargs):
         return self.fn(self, *args, **kwargs) if self.bind else self.fn(*args, **kwargs)

@@ -71,8 +71,15 @@ SETTINGS: tuple[Setting, ...] = (
     _s("worker.nodes", ["1"], t.nodes,
        "Worker nodes: a count (`3` → nodes `1 2 3`) or a list of names (`[\"images\", \"default\"]`).",
        "--nodes", short="-N"),
-    _s("worker.concurrency", 0, t.integer(0, 1024), "Child processes per node; 0 = one per CPU core.",
+    _s("worker.pool", "prefork", t.choice("prefork", "threads", "solo"),
+       "`prefork`: a master and `concurrency` forked children, each running `threads` tasks at once; "
+       "`threads`: a master and one child running `concurrency` threads (I/O-bound work); "
+       "`solo`: one process, one task at a time, no master.", "--pool", short="-P", per_node=True),
+    _s("worker.concurrency", 0, t.integer(0, 1024),
+       "Child processes per node (threads with `pool = \"threads\"`); 0 = one per CPU core.",
        "--concurrency", short="-c", per_node=True),
+    _s("worker.threads", 1, t.integer(1, 1000), "Tasks each child runs at once, in threads (prefork × threads).",
+       "--threads", per_node=True),
     _s("worker.queues", ["default"], queue_list, "Queues to consume, in priority order.",
        "--queues", short="-Q", per_node=True),
     _s("worker.max_tasks_per_child", 0, t.integer(0), "Recycle a child after this many tasks; 0 = never.",

@@ -20,8 +20,6 @@ WORKER_KEYS = [
 @config_option
 @click.option("--node", metavar="NAME", help="Take node NAME's options from the config (as the rendered services do).")
 @click.option("-n", "--hostname", metavar="NAME@HOST", help="Node identity, e.g. w1@%h (default NODE@hostname).")
-@click.option("-P", "--pool", type=click.Choice(["prefork", "solo"]), default="prefork", show_default=True,
-              help="prefork: a master and N forked children; solo: one process.")
 @click.option("--uid", metavar="USER", help="Run as USER (started as root: dirs and log file are created first).")
 @click.option("--gid", metavar="GROUP", help="Run as GROUP.")
 @click.option("--allow-root", is_flag=True, help="Allow running tasks as root.")
@@ -34,7 +32,7 @@ WORKER_KEYS = [
 @click.option("--max-memory-per-child-hard", metavar="SIZE", default=None,
               help="Kill a child mid-task above this memory (KiB or 1G); its task is requeued.")
 @setting_options(WORKER_KEYS)
-def worker(config_file, node, hostname, pool, uid, gid, allow_root, pidfile, logfile, log_format, detach,
+def worker(config_file, node, hostname, uid, gid, allow_root, pidfile, logfile, log_format, detach,
            max_tasks_jitter, max_memory_per_child_hard, **settings):
     """Run a worker node: a master that forks and supervises N consuming children."""
     from qdeploy.datatypes import size_kib
@@ -55,7 +53,7 @@ def worker(config_file, node, hostname, pool, uid, gid, allow_root, pidfile, log
             pidfile=pidfile, logfile=logfile, log_format=log_format, detach=detach,
             max_tasks_jitter=max_tasks_jitter, max_memory_per_child_hard=hard,
         )
-        raise SystemExit(boot.run(opts, pool))
+        raise SystemExit(boot.run(opts))
     except ConfigError as exc:
         fail(str(exc), exc.exit_code)
     except daemon.DaemonError as exc:

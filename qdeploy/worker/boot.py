@@ -37,7 +37,7 @@ class BootError(daemon.DaemonError):
     pass
 
 
-def run(opts: WorkerOptions, pool: str = "prefork") -> int:
+def run(opts: WorkerOptions) -> int:
     """Boot and run a worker node; returns the exit code."""
     reexec = json.loads(os.environ[ADOPT_ENV]) if ADOPT_ENV in os.environ else None
     if opts.chdir:
@@ -69,7 +69,7 @@ def run(opts: WorkerOptions, pool: str = "prefork") -> int:
         if target:
             daemon.drop_privileges(target)
         daemon.refuse_root(opts.allow_root)
-        if pool == "solo":
+        if opts.pool == "solo":
             return _solo(app, opts, broker, notifier, readiness)
         return Master(app, opts, broker, notifier, readiness, pidfile).run()
     except daemon.DaemonError as exc:

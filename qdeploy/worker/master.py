@@ -105,7 +105,7 @@ class Master:
 
     def _until_next_deadline(self) -> float:
         now = time.monotonic()
-        deadlines = [c.task.deadline for c in self.children.values() if c.task and c.task.deadline]
+        deadlines = [t.deadline for c in self.children.values() for t in c.tasks.values() if t.deadline]
         deadlines += [c.stop_by for c in self.children.values() if c.stop_by]
         if self.respawn_at:
             deadlines.append(self.respawn_at)
@@ -168,17 +168,18 @@ class Master:
         events_r, events_w = os.pipe2(os.O_CLOEXEC)
         control_r, control_w = os.pipe2(os.O_CLOEXEC)
         self.spawned += 1
-        cid = f"{self.opts.owner}/{os.getpid()}.{self.spawned}"
+        base = f"{self.opts.owner}/{os.getpid()}.{self.spawned}"
+        cids = [base] if self.opts.threads == 1 else [f"{base}-t{k}" for k in range(1, self.opts.threads + 1)]
         pid = os.fork()
         if pid == 0:
             os.close(events_r)
             os.close(control_w)
             self._close_master_fds()
-            child_main(self.app, self.opts, slot, cid, events_w, control_r)
+            child_main(self.app, self.opts, slot, cids, events_w, control_r)
         os.close(events_w)
         os.close(control_r)
         os.set_blocking(events_r, False)
-        child = Child(pid, slot, cid, events_r, control_w)
+        child = Child(pid, slot, cids, events_r, control_w)
         self.children[pid] = child
         self.selector.register(events_r, selectors.EVENT_READ, child)
 
@@ -257,10 +258,11 @@ class Master:
 
     def child_exited(self, child: Child, code: int) -> None:
         clean = code == 0 and not child.killed_for
-        if child.task and child.killed_for.startswith("time limit"):
-            self.fail_task(child, "TimeLimitExceeded", child.killed_for)
+        for task in child.tasks.values():  # the task over its limit fails; its siblings are requeued
+            if task.deadline and task.deadline <= time.monotonic() and child.killed_for.startswith("time limit"):
+                self.fail_task(task, "TimeLimitExceeded", child.killed_for)
         if not clean:
-            moved = self.requeue(child.cid)
+            moved = sum(self.requeue(cid) for cid in child.cids)
             how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
             log.warning("child %d %s%s: requeued %d task(s)", child.pid, how,
                         f" ({child.killed_for})" if child.killed_for else "", moved)
@@ -287,13 +289,13 @@ class Master:
             log.error("cannot requeue tasks of %s now (%s): recovered after the visibility timeout", cid, exc)
             return 0
 
-    def fail_task(self, child: Child, exc_type: str, reason: str) -> None:
+    def fail_task(self, task, exc_type: str, reason: str) -> None:
         """A task the master killed is marked FAILURE and acked: never redelivered forever."""
-        task_id = child.task.id
-        record = results.record(results.FAILURE, exc_type=exc_type, exc=reason, reason=reason, worker=child.cid)
+        task_id = task.id
+        record = results.record(results.FAILURE, exc_type=exc_type, exc=reason, reason=reason, worker=task.cid)
         try:
             self.results.store(task_id, record)
-            self.broker.ack(child.cid, task_id)
+            self.broker.ack(task.cid, task_id)
         except _REDIS_DOWN as exc:
             log.error("cannot record the failure of task %s (%s)", task_id, exc)
         log.error("task %s killed: %s", task_id, reason)
@@ -302,9 +304,9 @@ class Master:
         """Kill children over their hard time limit, or over the hard memory limit."""
         now = time.monotonic()
         for child in list(self.children.values()):
-            task = child.task
-            if task and task.deadline and now >= task.deadline and not child.killed_for:
-                self.kill_child(child, f"time limit exceeded ({task.deadline - task.started:g}s)")
+            for task in child.tasks.values():
+                if task.deadline and now >= task.deadline and not child.killed_for:
+                    self.kill_child(child, f"time limit exceeded ({task.deadline - task.started:g}s)")
             if child.stop_by and now >= child.stop_by and not child.killed_for:
                 self.kill_child(child, "graceful timeout reached")
         hard = self.opts.max_memory_per_child_hard
@@ -342,8 +344,8 @@ class Master:
             "node": self.opts.node, "owner": self.opts.owner, "pid": os.getpid(), "pool": self.target,
             "tasks_done": self.tasks_done, "started": self.started, "queues": self.opts.queues,
             "children": [
-                {"pid": c.pid, "slot": c.slot, "state": c.state.value, "task": c.task.id if c.task else None,
-                 "tasks_done": c.tasks_done, "cid": c.cid}
+                {"pid": c.pid, "slot": c.slot, "state": c.state.value, "tasks": sorted(c.tasks),
+                 "tasks_done": c.tasks_done, "cids": c.cids}
                 for c in sorted(self.children.values(), key=lambda c: c.slot)
             ],
         }
@@ -373,7 +375,7 @@ class Master:
     def requeue_previous_incarnation(self) -> None:
         """Consumers registered under our node name but not ours died with a previous master on
         this host: requeue their tasks now instead of after the visibility timeout."""
-        mine = {c.cid for c in self.children.values()}
+        mine = {cid for c in self.children.values() for cid in c.cids}
         try:
             for cid, owner in self.broker.client.hgetall(self.broker.k_consumers).items():
                 cid, owner = cid.decode(), owner.decode()
@@ -392,7 +394,7 @@ class Master:
         for child in self.children.values():
             self.stop_child(child)
         state = {
-            "children": [{"pid": c.pid, "slot": c.slot, "cid": c.cid} for c in self.children.values()],
+            "children": [{"pid": c.pid, "slot": c.slot, "cids": c.cids} for c in self.children.values()],
             "pidfile": [str(self.pidfile.path), self.pidfile.keep_across_exec()] if self.pidfile and self.pidfile.fd else None,
         }
         env = dict(os.environ, **{ADOPT_ENV: json.dumps(state)})
@@ -407,7 +409,7 @@ class Master:
         if not raw:
             return
         for item in json.loads(raw)["children"]:
-            child = Child(item["pid"], item["slot"], item["cid"], None, None, adopted=True, up=True)
+            child = Child(item["pid"], item["slot"], item["cids"], None, None, adopted=True, up=True)
             self.stop_child(child)
             self.children[child.pid] = child
         log.info("reloaded: %d old children finish their tasks", len(self.children))

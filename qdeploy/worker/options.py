@@ -18,7 +18,9 @@ class WorkerOptions:
     app: str
     broker: str | None  # None: the app's own broker (no config, flag or $QDEPLOY_BROKER set one)
     queues: list[str]
-    concurrency: int
+    pool: str  # prefork | solo (pool = "threads" is prefork with one child of `concurrency` threads)
+    concurrency: int  # children
+    threads: int  # tasks at once per child
     max_tasks_per_child: int
     max_tasks_jitter: float
     max_memory_per_child: int  # KiB, recycle after the task
@@ -56,6 +58,9 @@ def resolve(cfg: Config, node: str | None, *, name: str | None = None, hostname:
     name = node or name or "worker"
     host = hostname or socket.gethostname()
     concurrency = per_node["concurrency"] or os.cpu_count() or 1
+    pool, threads = per_node["pool"], per_node["threads"]
+    if pool == "threads":  # Celery's -P threads -c N: N threads, here in one supervised child
+        pool, concurrency, threads = "prefork", 1, per_node["concurrency"] or 10 * (os.cpu_count() or 1)
     logfile = flags.get("logfile")
     pidfile = flags.get("pidfile")
     return WorkerOptions(
@@ -64,7 +69,9 @@ def resolve(cfg: Config, node: str | None, *, name: str | None = None, hostname:
         app=cfg["app"],
         broker=cfg["broker"] if "broker" in cfg.given else None,
         queues=per_node["queues"],
+        pool=pool,
         concurrency=concurrency,
+        threads=threads,
         max_tasks_per_child=per_node["max_tasks_per_child"],
         max_tasks_jitter=flags.get("max_tasks_jitter") or 0.0,
         max_memory_per_child=per_node["max_memory_per_child"],

@@ -14,6 +14,8 @@ import random
 import select
 import signal
 import sys
+import threading
+import time
 from typing import NoReturn
 
 from qdeploy.worker import logs
@@ -48,7 +50,8 @@ def set_title(text: str) -> None:
 
 
 class ChildLink:
-    """The child's end of the two pipes, plus the flags its signal handlers record."""
+    """The child's end of the two pipes, the flags its signal handlers record, and the task
+    count and soft deadlines shared by its consumer threads."""
 
     def __init__(self, events: int, control: int, opts: WorkerOptions, slot: int):
         self.events, self.control, self.opts, self.slot = events, control, opts, slot
@@ -58,10 +61,13 @@ class ChildLink:
         limit = opts.max_tasks_per_child
         self.max_tasks = max(1, round(limit * random.uniform(1 - jitter, 1 + jitter))) if limit else None
         self.hard = opts.time_limit
+        self.started = 0  # tasks started, all threads together
+        self.running: dict[int, tuple[float, str]] = {}  # thread id -> (soft deadline, task id)
+        self.lock = threading.Lock()
 
     def send(self, line: str) -> None:
         try:
-            os.write(self.events, (line.replace("\n", " ") + "\n").encode())
+            os.write(self.events, (line.replace("\n", " ") + "\n").encode())  # atomic: < PIPE_BUF
         except OSError:
             pass  # the master is gone: PDEATHSIG will follow
 
@@ -71,22 +77,45 @@ class ChildLink:
             logs.reopen()
         if not self.stop_reason and select.select([self.control], [], [], 0)[0]:
             self.stop_reason = "asked by the master"
+        if not self.stop_reason and self.max_tasks and self.started >= self.max_tasks:
+            self.stop_reason = f"max_tasks_per_child {self.max_tasks} reached"
         return bool(self.stop_reason)
 
-    def on_task_start(self, task_id: str, name: str, started: float, limits: dict) -> None:
-        hard = limits.get("hard") or self.hard
-        self.send(f"S {task_id} {hard or 0}")
-        set_title(f"qdeploy worker {self.opts.node} child {self.slot}: {name}[{task_id}]")
+    def hooks(self, cid: str) -> dict:
+        def on_task_start(task_id: str, name: str, started: float, limits: dict) -> None:
+            with self.lock:
+                self.started += 1
+            soft = limits.get("soft") or self.opts.soft_time_limit
+            if soft and threading.current_thread() is not threading.main_thread():
+                self.running[threading.get_ident()] = (time.monotonic() + soft, task_id)
+            self.send(f"S {task_id} {limits.get('hard') or self.hard or 0} {cid}")
+            if self.opts.threads == 1:
+                set_title(f"qdeploy worker {self.opts.node} child {self.slot}: {name}[{task_id}]")
 
-    def on_task_done(self, task_id: str, name: str, state: str, runtime: float) -> None:
-        self.send(f"D {task_id}")
-        set_title(f"qdeploy worker {self.opts.node} child {self.slot}: idle")
-        limit = self.opts.max_memory_per_child
-        if limit and not self.stop_reason and (rss := rss_kib()) > limit:
-            self.stop_reason = f"memory {rss} KiB > max_memory_per_child {limit} KiB"
+        def on_task_done(task_id: str, name: str, state: str, runtime: float) -> None:
+            self.running.pop(threading.get_ident(), None)
+            self.send(f"D {task_id}")
+            if self.opts.threads == 1:
+                set_title(f"qdeploy worker {self.opts.node} child {self.slot}: idle")
+            limit = self.opts.max_memory_per_child
+            if limit and not self.stop_reason and (rss := rss_kib()) > limit:
+                self.stop_reason = f"memory {rss} KiB > max_memory_per_child {limit} KiB"
+
+        return {"on_task_start": on_task_start, "on_task_done": on_task_done}
+
+    def enforce_soft_limits(self) -> None:
+        """Raise SoftTimeLimitExceeded in threads past their soft deadline (SIGALRM only reaches
+        the main thread). Takes effect at the thread's next Python instruction."""
+        from qdeploy.app import SoftTimeLimitExceeded
+
+        now = time.monotonic()
+        for ident, (deadline, task_id) in list(self.running.items()):
+            if now >= deadline and self.running.pop(ident, None):
+                log.warning("task %s: soft time limit exceeded", task_id)
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(SoftTimeLimitExceeded))
 
 
-def child_main(app, opts: WorkerOptions, slot: int, cid: str, events: int, control: int) -> NoReturn:
+def child_main(app, opts: WorkerOptions, slot: int, cids: list[str], events: int, control: int) -> NoReturn:
     """Entry point in the forked child; never returns."""
     code = 0
     try:
@@ -99,9 +128,9 @@ def child_main(app, opts: WorkerOptions, slot: int, cid: str, events: int, contr
         signal.signal(signal.SIGUSR2, lambda *_: setattr(link, "reopen_logs", True))
         logs.child_started(opts, slot)
         set_title(f"qdeploy worker {opts.node} child {slot}: idle")
-        code = _consume(app, opts, cid, link)
+        code = _consume(app, opts, cids, link)
     except BaseException as exc:  # noqa: BLE001 - a child must report, never raise past here
-        log.exception("child %s crashed: %s", cid, exc)
+        log.exception("child %s crashed: %s", cids[0], exc)
         code = 1
     finally:
         logging.shutdown()
@@ -109,20 +138,30 @@ def child_main(app, opts: WorkerOptions, slot: int, cid: str, events: int, contr
     os._exit(code)
 
 
-def _consume(app, opts: WorkerOptions, cid: str, link: ChildLink) -> int:
+def _consume(app, opts: WorkerOptions, cids: list[str], link: ChildLink) -> int:
+    """One consumer per thread, each under its own identity; a single-threaded child runs its
+    consumer in the main thread (where SIGALRM enforces the time limits)."""
     from qdeploy.worker.child import Consumer
 
     try:
-        consumer = Consumer(
-            app, opts.queues, cid, owner=opts.owner, heartbeat=False,
-            on_task_start=link.on_task_start, on_task_done=link.on_task_done,
-            default_limits=(opts.soft_time_limit or None, opts.time_limit or None),
-        )
+        consumers = [
+            Consumer(app, opts.queues, cid, owner=opts.owner, heartbeat=False,
+                     default_limits=(opts.soft_time_limit or None, opts.time_limit or None), **link.hooks(cid))
+            for cid in cids
+        ]
     except Exception as exc:  # noqa: BLE001 - e.g. a bad broker URL: tell the master why
         link.send(f"E cannot start consumer: {exc}")
         return CHILD_BOOT_ERROR
     link.send("U")
-    done = consumer.run(max_tasks=link.max_tasks, should_stop=link.should_stop)
-    reason = link.stop_reason or (f"max_tasks_per_child {link.max_tasks} reached" if link.max_tasks and done >= link.max_tasks else "stopped")
-    link.send(f"R {reason}")
+    if len(consumers) == 1:
+        consumers[0].run(should_stop=link.should_stop)
+    else:
+        threads = [threading.Thread(target=c.run, kwargs={"should_stop": link.should_stop}, name=c.id, daemon=True)
+                   for c in consumers]
+        for thread in threads:
+            thread.start()
+        while alive := [thread for thread in threads if thread.is_alive()]:
+            link.enforce_soft_limits()
+            alive[0].join(0.05)
+    link.send(f"R {link.stop_reason or 'stopped'}")
     return 0

@@ -6,9 +6,10 @@
         └──────────── stop ──▶ STOPPING          (the master asked it to finish and leave)
     any state ── reaped ──▶ EXITED
 
-Events arrive from the child on its events pipe, one line each: `U` (up), `S <id> <hard>`
-(task started; hard deadline in seconds or 0), `D <id>` (task done), `R <reason>` (retiring),
-`E <reason>` (cannot boot).
+Events arrive from the child on its events pipe, one line each: `U` (up), `S <id> <hard> <cid>`
+(task started by consumer <cid>; hard limit in seconds or 0), `D <id>` (task done),
+`R <reason>` (retiring), `E <reason>` (cannot boot). A child with T threads runs up to T tasks
+at once, each under its own consumer identity; it is BUSY while any of them runs.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class IllegalTransition(RuntimeError):
 @dataclass(eq=False)
 class Task:
     id: str
+    cid: str  # the consumer (thread) that holds it in Redis
     started: float  # monotonic
     deadline: float | None  # monotonic time at which the master kills the child
 
@@ -52,12 +54,12 @@ class Task:
 class Child:
     pid: int
     slot: int
-    cid: str  # consumer identity in Redis: what the master requeues if the child dies
+    cids: list[str]  # consumer identities in Redis (one per thread): requeued if the child dies
     events: int | None  # read end of the child's events pipe
     control: int | None  # write end of the control pipe; closing it asks the child to stop
     state: State = State.STARTING
     born: float = field(default_factory=time.monotonic)
-    task: Task | None = None
+    tasks: dict[str, Task] = field(default_factory=dict)  # running, by id
     tasks_done: int = 0
     retiring_reason: str = ""
     boot_error: str = ""
@@ -90,16 +92,16 @@ class Child:
             if self.state is State.STARTING:
                 self.transition(State.IDLE)
         elif kind == "S":
-            task_id, _, hard = rest.partition(" ")
+            task_id, hard, cid = (rest.split(" ") + ["0", self.cids[0]])[:3]
             now = time.monotonic()
             limit = float(hard or 0)
-            self.task = Task(task_id, now, now + limit if limit > 0 else None)
+            self.tasks[task_id] = Task(task_id, cid, now, now + limit if limit > 0 else None)
             if self.state is State.IDLE:
                 self.transition(State.BUSY)
         elif kind == "D":
-            self.task = None
+            self.tasks.pop(rest, None)
             self.tasks_done += 1
-            if self.state is State.BUSY:
+            if self.state is State.BUSY and not self.tasks:
                 self.transition(State.IDLE)
         elif kind == "R":
             self.retiring_reason = rest

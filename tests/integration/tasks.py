@@ -87,6 +87,20 @@ def soft(seconds):
 _leaked: list = []
 
 
+@app.task(name="t.spin")
+def spin(seconds):
+    """Busy Python code (no blocking C call): a soft limit interrupts it anywhere."""
+    from qdeploy.app import SoftTimeLimitExceeded
+
+    end = time.monotonic() + seconds
+    try:
+        while time.monotonic() < end:
+            pass
+    except SoftTimeLimitExceeded:
+        return "cleaned up"
+    return "not interrupted"
+
+
 @app.task(name="t.hog", bind=True)
 def hog(self, megabytes, hold=0.0, leak=False):
     """Allocate `megabytes` MiB for `hold` seconds; with `leak`, never free them."""

@@ -261,7 +261,8 @@ def test_ttin_ttou_grow_and_shrink(masters):
     m = masters("-c", "2").ready()
     m.signal(signal.SIGTTIN)
     wait_until(lambda: len(m.children()) == 3, 10, what="3 children")
-    m.signal(signal.SIGTTOU)
+    m.signal(signal.SIGTTOU)  # one at a time: two pending standard signals coalesce into one
+    wait_until(lambda: len(m.children()) == 2, 10, what="2 children")
     m.signal(signal.SIGTTOU)
     wait_until(lambda: len(m.children()) == 1, 10, what="1 child")
     m.signal(signal.SIGTTOU)
