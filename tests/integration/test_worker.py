@@ -289,3 +289,52 @@ def test_bad_app_is_a_one_line_error_before_anything_starts(masters):
     m = masters("-A", "no.such:app", notify=False)
     assert m.wait(20) == 2
     assert m.output().strip().splitlines() == ["qdeploy: error: cannot import app 'no.such:app': ModuleNotFoundError: No module named 'no'"]
+
+
+def test_node_takes_its_options_from_the_config(masters, tapp, tmp_path, redis_server):
+    config = tmp_path / "qdeploy.toml"
+    config.write_text(f"""
+app = "tests.integration.tasks:app"
+broker = "{redis_server.url}"
+[worker]
+nodes = ["default", "images"]
+concurrency = 1
+[node.images]
+concurrency = 3
+queues = ["images", "video"]
+""")
+    m = masters("--config", str(config), "--node", "images").ready()
+    assert len(m.children()) == 3
+    assert tapp.send_task("t.pid", queue="video").get(timeout=10) in {c.pid for c in m.children()}
+    flag = masters("--config", str(config), "--node", "images", "-c", "2").ready()
+    assert len(flag.children()) == 2, "a flag beats the [node] table"
+
+
+def test_int_is_warm_then_cold(masters, tapp, rclient, namespace):
+    m = masters("-c", "1").ready()
+    res = tapp.send_task("t.slow_once", [30])
+    wait_until(lambda: runs(rclient, namespace, res.id) == 1, 10, what="the task to start")
+    m.signal(signal.SIGINT)
+    time.sleep(0.5)
+    assert m.proc.poll() is None, "the first INT waits for the running task"
+    m.signal(signal.SIGINT)
+    assert m.wait(10) == 0
+    assert res.state != "SUCCESS"
+
+
+def test_heartbeat_describes_the_node(masters, tapp, rclient, namespace):
+    import json
+
+    m = masters("-c", "2").ready()
+    tapp.send_task("t.pid").get(timeout=10)
+    owner = m.argv[m.argv.index("-n") + 1]
+
+    def beat():
+        raw = rclient.get(f"{namespace}:hb:{owner}")
+        info = json.loads(raw) if raw else {}
+        return info if info.get("tasks_done") else None
+
+    info = wait_until(beat, 10, what="a heartbeat with a finished task")
+    assert info["pid"] == m.pid and info["pool"] == 2 and info["node"] == owner.partition("@")[0]
+    assert info["host"] == "test" and info["queues"] == ["default"] and info["started"] <= time.time()
+    assert 0 < rclient.pttl(f"{namespace}:hb:{owner}") <= 30_000

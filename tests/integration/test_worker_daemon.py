@@ -160,3 +160,24 @@ def test_notify_socket_is_not_inherited_by_tasks(masters, tapp):
     masters("-c", "1").ready()  # started with NOTIFY_SOCKET, or it could not have said READY=1
     assert tapp.send_task("t.env", ["NOTIFY_SOCKET"]).get(timeout=10) is None
     assert tapp.send_task("t.env", ["QDEPLOY_NAMESPACE"]).get(timeout=10) == tapp.namespace
+
+
+def test_detach_and_privilege_drop_together(redis_server, namespace, world, tapp):
+    """Celery's `--detach --uid` fails and still exits 0; here it works, or says why."""
+    if os.geteuid() != 0:
+        pytest.fail("this test runs as root")
+    pidfile = world / "run" / "n.pid"
+    done = worker_cmd(redis_server, namespace, "--detach", "--uid", "nobody", "--gid", "nogroup", "-c", "1",
+                      "--pid-dir", str(world / "run"), "--log-dir", str(world / "log"), "--state-dir", str(world / "st"),
+                      "--pidfile", str(pidfile), "--logfile", str(world / "log" / "n.log"), "--workdir", str(world))
+    assert done.returncode == 0, done.stderr
+    pid = int(pidfile.read_text())
+    try:
+        assert psutil.Process(pid).uids().effective == 65534
+        assert tapp.send_task("t.pid").get(timeout=10) in {c.pid for c in psutil.Process(pid).children()}
+    finally:
+        os.kill(pid, signal.SIGTERM)
+    wait_until(lambda: not psutil.pid_exists(pid), 15, what="the worker to stop")
+    assert not pidfile.exists()
+    refused = worker_cmd(redis_server, namespace, "--detach", "--uid", "no-such-user-y", "--logfile", str(world / "z.log"))
+    assert refused.returncode == daemon.EX_NOPERM and "unknown user 'no-such-user-y'" in refused.stderr

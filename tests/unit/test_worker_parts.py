@@ -1,0 +1,67 @@
+"""Pure parts of the worker: the child state machine, max-tasks jitter, option resolution."""
+
+from __future__ import annotations
+
+import pytest
+
+from qdeploy import config
+from qdeploy.worker import options
+from qdeploy.worker.process import ChildLink
+from qdeploy.worker.state import Child, IllegalTransition, State
+
+
+def child() -> Child:
+    return Child(pid=1, slot=1, cids=["n@h/1.1-t1", "n@h/1.1-t2"], events=None, control=None)
+
+
+def test_state_machine_follows_the_events():
+    c = child()
+    assert c.state is State.STARTING and c.serving
+    c.on_event("U")
+    assert c.state is State.IDLE and c.up
+    c.on_event("S a 5 n@h/1.1-t1")
+    c.on_event("S b 0 n@h/1.1-t2")
+    assert c.state is State.BUSY and c.tasks["a"].deadline is not None and c.tasks["b"].deadline is None
+    assert c.tasks["b"].cid == "n@h/1.1-t2"
+    c.on_event("D a")
+    assert c.state is State.BUSY, "busy while any thread runs a task"
+    c.on_event("D b")
+    assert c.state is State.IDLE and c.tasks_done == 2
+    c.on_event("R max_tasks_per_child 2 reached")
+    assert c.state is State.RETIRING and not c.serving
+    c.transition(State.EXITED)
+    assert not c.alive
+
+
+def test_illegal_moves_are_refused():
+    c = child()
+    c.transition(State.STOPPING)
+    with pytest.raises(IllegalTransition):
+        c.transition(State.IDLE)
+    c.transition(State.EXITED)
+    with pytest.raises(IllegalTransition):
+        c.transition(State.STARTING)
+
+
+def test_max_tasks_jitter_spreads_limits(isolated):
+    cfg = config.load(cli={"worker.max_tasks_per_child": "100"}, environ={})
+    opts = options.resolve(cfg, None, max_tasks_jitter=0.2)
+    limits = {ChildLink(0, 0, opts, 1).max_tasks for _ in range(200)}
+    assert min(limits) >= 80 and max(limits) <= 120 and len(limits) > 10
+    exact = options.resolve(cfg, None, max_tasks_jitter=0.0)
+    assert {ChildLink(0, 0, exact, 1).max_tasks for _ in range(20)} == {100}
+
+
+def test_threads_pool_is_one_child_of_n_threads(isolated):
+    cfg = config.load(cli={"worker.pool": "threads", "worker.concurrency": "40"}, environ={})
+    opts = options.resolve(cfg, None)
+    assert (opts.pool, opts.concurrency, opts.threads) == ("prefork", 1, 40)
+    cfg = config.load(cli={"worker.concurrency": "3", "worker.threads": "8"}, environ={})
+    opts = options.resolve(cfg, None)
+    assert (opts.pool, opts.concurrency, opts.threads) == ("prefork", 3, 8)
+
+
+def test_broker_only_overrides_the_app_when_given(isolated):
+    assert options.resolve(config.load(environ={}), None).broker is None
+    given = config.load(environ={"QDEPLOY_BROKER": "redis://10.1.2.3:6379/1"})
+    assert options.resolve(given, None).broker == "redis://10.1.2.3:6379/1"
