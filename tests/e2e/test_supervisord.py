@@ -22,8 +22,8 @@ BIN = Path(sys.executable).parent
 SECRET = "p@ss 'w\"rd $HOME `id` %(ENV_HOME)s\nsecond line"
 
 
-@pytest.fixture
-def supervisor(root_only, world_dir, stub, write_config):
+@pytest.fixture(params=["beat", "no-beat"])
+def supervisor(request, root_only, world_dir, stub, write_config):
     cfg = write_config(
         f"""
 executable = "{stub}"
@@ -37,6 +37,9 @@ state_dir = "{world_dir}/state"
 [worker]
 nodes = ["1", "2", "video.hd"]
 extra_args = ["--tag=50% it's", "%(program_name)s"]
+
+[beat]
+enabled = {"true" if request.param == "beat" else "false"}
 
 [env]
 STUB_RECORD_DIR = "{world_dir}/records"
@@ -87,7 +90,9 @@ def wait_for(predicate, timeout=20.0):
 
 def test_supervisord_loads_and_runs_every_program(supervisor):
     ctl, explain, world = supervisor
-    names = ["qdeploy:qbeat", "qdeploy:qworker-1", "qdeploy:qworker-2", "qdeploy:qworker-video.hd"]
+    names = ["qdeploy:qworker-1", "qdeploy:qworker-2", "qdeploy:qworker-video.hd"]
+    if "qbeat" in explain:
+        names.insert(0, "qdeploy:qbeat")
 
     def all_running():
         lines = ctl("status").stdout.splitlines()
@@ -95,6 +100,9 @@ def test_supervisord_loads_and_runs_every_program(supervisor):
 
     assert wait_for(all_running), ctl("status").stdout
     for instance, service in (("1", "qworker@1"), ("2", "qworker@2"), ("video.hd", "qworker@video.hd"), ("beat", "qbeat")):
+        if service not in explain:
+            assert not (world / "records" / f"{instance}.json").exists()
+            continue
         record = json.loads((world / "records" / f"{instance}.json").read_text())
         assert record["argv"] == explain[service]["argv"], instance
         assert record["uid"] == 65534 and record["cwd"] == str(world / "work")
