@@ -15,9 +15,9 @@ def main() -> None:
 
 
 def _register() -> None:
-    from qdeploy.cli import render, runtime, worker
+    from qdeploy.cli import package, render, runtime, worker
 
-    for module in (render, runtime, worker):
+    for module in (render, runtime, worker, package):
         for command in module.COMMANDS:
             main.add_command(command)
 
