@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -32,3 +34,13 @@ def write_config(tmp_path):
         return path
 
     return write
+
+
+@pytest.fixture
+def world_dir():
+    """A scratch directory the unprivileged service user (nobody) can traverse and write
+    (pytest's own tmp dirs are 0700 root)."""
+    path = Path(tempfile.mkdtemp(prefix="qdeploy-world-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

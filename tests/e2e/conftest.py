@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
-import shutil
 import stat
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -27,19 +26,34 @@ def root_only():
         pytest.fail("the end-to-end tests run as root (start-stop-daemon --chuid, mount namespaces)")
 
 
+def stub_config(world: Path, stub: Path, *, nodes: list[str], extra_args: list[str], env: dict[str, str],
+                beat: bool = True, overrides: str = "") -> str:
+    """A config that runs the stub worker as nobody, with every directory under `world`."""
+    return f"""
+executable = "{stub}"
+user = "nobody"
+group = "nogroup"
+workdir = "{world}/work"
+log_dir = "{world}/log"
+pid_dir = "{world}/run"
+state_dir = "{world}/state"
+
+[worker]
+nodes = {json.dumps(nodes)}
+extra_args = {json.dumps(extra_args)}
+{overrides}
+[beat]
+enabled = {"true" if beat else "false"}
+
+[env]
+STUB_RECORD_DIR = "{world}/records"
+{"".join(f"{k} = {json.dumps(v)}{chr(10)}" for k, v in env.items())}"""
+
+
 def render_tree(out: Path, *args: str) -> Path:
     result = CliRunner().invoke(main, ["render", "--out", str(out), *args])
     assert result.exit_code == 0, result.output
     return out
-
-
-@pytest.fixture
-def world_dir():
-    """A scratch directory the unprivileged service user (nobody) can traverse and write."""
-    path = Path(tempfile.mkdtemp(prefix="qdeploy-e2e-"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from qdeploy.cli import main
 from tests.conftest import GOLDEN
-from tests.e2e.conftest import render_tree
+from tests.e2e.conftest import render_tree, stub_config
 
 HOSTILE_ENV = {
     "SECRET_KEY": "a'b\"c$d`e\\f g%h",
@@ -45,28 +45,8 @@ def test_shellcheck_catches_a_broken_script(tmp_path):
 @pytest.fixture
 def deployment(root_only, world_dir, stub, write_config):
     """A tree rendered for user nobody, with directories under a scratch dir and the stub worker."""
-    cfg = write_config(
-        f"""
-executable = "{stub}"
-user = "nobody"
-group = "nogroup"
-workdir = "{world_dir}/work"
-log_dir = "{world_dir}/log"
-pid_dir = "{world_dir}/run"
-state_dir = "{world_dir}/state"
-
-[worker]
-nodes = ["1", "2", "images"]
-extra_args = ["--tag=it's $HOME `id`", ";"]
-
-[node.images]
-concurrency = 8
-
-[env]
-STUB_RECORD_DIR = "{world_dir}/records"
-{"".join(f'{k} = {json.dumps(v)}{chr(10)}' for k, v in HOSTILE_ENV.items())}
-"""
-    )
+    cfg = write_config(stub_config(world_dir, stub, nodes=["1", "2", "images"], extra_args=["--tag=it's $HOME `id`", ";"],
+                                   env=HOSTILE_ENV, overrides="[node.images]\nconcurrency = 8\n"))
     out = render_tree(world_dir / "tree", "--config", str(cfg))
     explain = CliRunner().invoke(main, ["render", "--explain", "--json", "--config", str(cfg)])
     yield out, json.loads(explain.output), world_dir

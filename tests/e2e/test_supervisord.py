@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from qdeploy.cli import main
-from tests.e2e.conftest import render_tree
+from tests.e2e.conftest import render_tree, stub_config
 
 BIN = Path(sys.executable).parent
 SECRET = "p@ss 'w\"rd $HOME `id` %(ENV_HOME)s\nsecond line"
@@ -24,28 +24,8 @@ SECRET = "p@ss 'w\"rd $HOME `id` %(ENV_HOME)s\nsecond line"
 
 @pytest.fixture(params=["beat", "no-beat"])
 def supervisor(request, root_only, world_dir, stub, write_config):
-    cfg = write_config(
-        f"""
-executable = "{stub}"
-user = "nobody"
-group = "nogroup"
-workdir = "{world_dir}/work"
-log_dir = "{world_dir}/log"
-pid_dir = "{world_dir}/run"
-state_dir = "{world_dir}/state"
-
-[worker]
-nodes = ["1", "2", "video.hd"]
-extra_args = ["--tag=50% it's", "%(program_name)s"]
-
-[beat]
-enabled = {"true" if request.param == "beat" else "false"}
-
-[env]
-STUB_RECORD_DIR = "{world_dir}/records"
-SECRET = {json.dumps(SECRET)}
-"""
-    )
+    cfg = write_config(stub_config(world_dir, stub, nodes=["1", "2", "video.hd"], beat=request.param == "beat",
+                                   extra_args=["--tag=50% it's", "%(program_name)s"], env={"SECRET": SECRET}))
     tree = render_tree(world_dir / "tree", "--config", str(cfg))
     for d in ("work", "log"):  # on a host, tmpfiles.d creates these
         (world_dir / d).mkdir()

@@ -5,13 +5,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import psutil
 import pytest
@@ -22,12 +19,8 @@ from tests.integration.test_worker import masters, runs, tapp  # noqa: F401 - fi
 
 
 @pytest.fixture
-def world():
-    """A directory tree the unprivileged user `nobody` can reach."""
-    path = Path(tempfile.mkdtemp(prefix="qdeploy-daemon-"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+def world(world_dir):
+    return world_dir
 
 
 def worker_cmd(redis_server, namespace, *args, env=None, cwd=None, timeout=30):
