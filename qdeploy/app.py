@@ -184,6 +184,7 @@ class App:
     dead_letter_max: int = 10000
     track_started: bool = False
     tasks: dict[str, Task] = field(default_factory=dict)
+    conf: "Conf" = field(default_factory=lambda: Conf())
 
     def __post_init__(self):
         self.broker_url = self.broker or os.environ.get("QDEPLOY_BROKER") or DEFAULT_BROKER
@@ -235,6 +236,25 @@ class App:
             self.tasks[task.name] = task
             return task
         return register(fn) if fn is not None else register
+
+    def add_periodic_task(self, schedule, task: Task | str, args=(), kwargs=None,
+                          name: str | None = None, **options) -> str:
+        """Celery's `app.add_periodic_task(30.0, task, args=(1, 2), name=..., queue=...)`: an entry
+        in `app.conf.beat_schedule` (validated when `qdeploy beat` starts); returns its name."""
+        task_name = task.name if isinstance(task, Task) else task
+        name = name or task_name
+        self.conf.beat_schedule[name] = {"task": task_name, "schedule": schedule, "args": list(args),
+                                         "kwargs": dict(kwargs or {}), "options": options}
+        return name
+
+    def periodic_task(self, schedule, *, args=(), kwargs=None, name: str | None = None,
+                      options: dict | None = None, **task_options):
+        """`@app.periodic_task("5m", args=(1,))`: register the task and schedule it."""
+        def register(fn: Callable) -> Task:
+            task = self.task(**task_options)(fn)
+            self.add_periodic_task(schedule, task, args, kwargs, name=name, **(options or {}))
+            return task
+        return register
 
     def envelope(self, task: Task | str, args=(), kwargs=None, *, countdown: float | None = None,
                  eta=None, expires=None, queue: str | None = None, task_id: str | None = None,
@@ -308,6 +328,21 @@ class App:
         self.transport.revoke(task_id, rec if self.results.colocated else None)
         if rec and not self.results.colocated:
             self.results.store(task_id, rec)
+
+
+class Conf:
+    """Celery-style `app.conf`: `beat_schedule`, `timezone`, `enable_utc` (read by `qdeploy beat`);
+    other attributes are kept but unused."""
+
+    def __init__(self, **settings):
+        self.beat_schedule: dict = {}
+        self.timezone: str | None = None
+        self.enable_utc: bool = True
+        self.update(**settings)
+
+    def update(self, mapping: dict | None = None, **settings) -> None:
+        for key, value in {**(mapping or {}), **settings}.items():
+            setattr(self, key, value)
 
 
 class AppImportError(ValueError):

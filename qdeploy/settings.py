@@ -37,6 +37,35 @@ def _s(key: str, default: Any, parse: t.Parser, help: str, flag: str | None = No
     return Setting(key, default, parse, help, flag, **kw)
 
 
+def _timezone(value: Any) -> str:
+    from qdeploy.schedule import resolve_timezone
+
+    if value == "":
+        return value
+    try:
+        resolve_timezone(t.text(value))
+    except ValueError:
+        raise ValueError("expected an IANA timezone name such as \"Asia/Shanghai\" or \"UTC\"") from None
+    return value
+
+
+def _beat_schedule(value: Any) -> dict:
+    """Check every entry now (exit 2 at load time); beat builds them in the right timezone."""
+    import json
+
+    from qdeploy.beatentry import load_entries
+
+    if isinstance(value, str):  # from $QDEPLOY_BEAT_SCHEDULE
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise ValueError("expected a JSON object of entries") from None
+    if not isinstance(value, dict):
+        raise ValueError("expected a table of entries, e.g. [beat.schedule.cleanup]")
+    load_entries(value, tz="UTC", source="config")
+    return value
+
+
 queue_list = t.string_list(t.pattern(t.QUEUE_NAME, "queue names of letters, digits and _ . : -"), "queue names")
 user_name = t.pattern(t.POSIX_USER, "a POSIX user name (lower case, digits, _ -)")
 
@@ -67,6 +96,11 @@ SETTINGS: tuple[Setting, ...] = (
        f"Which artifacts to render: {', '.join(TARGETS)}.", "--only"),
     _s("env", {}, t.environment,
        "Extra environment variables for every service (`[env]` table), e.g. `DJANGO_SETTINGS_MODULE`."),
+    _s("timezone", "", _timezone,
+       "Timezone of crontab schedules (IANA name such as `Asia/Shanghai`). Empty: the app's "
+       "`app.conf.timezone`, else UTC when `enable_utc`, else the host's zone."),
+    _s("enable_utc", True, t.boolean,
+       "With no timezone set here or in the app: evaluate crontabs in UTC (false: the host's zone)."),
     # -- workers -----------------------------------------------------------------------------
     _s("worker.nodes", ["1"], t.nodes,
        "Worker nodes: a count (`3` → nodes `1 2 3`) or a list of names (`[\"images\", \"default\"]`).",
@@ -102,6 +136,13 @@ SETTINGS: tuple[Setting, ...] = (
     _s("beat.lock_timeout", 30.0, t.duration,
        "Leader lock TTL: a new beat takes over at most this long after the leader dies."),
     _s("beat.extra_args", [], t.argv_list, "Extra arguments appended to the beat command line."),
+    _s("beat.misfire_grace", 300.0, t.duration,
+       "A run missed while no beat was leading is sent once if at most this late, else skipped and "
+       "logged; 0 = always send once."),
+    _s("beat.schedule", {}, _beat_schedule,
+       "Periodic tasks, one `[beat.schedule.NAME]` table each: `task`, `schedule` (`\"5m\"`, "
+       "`\"*/15 * * * *\"`, `{ cron = \"0 8 * * mon\", timezone = \"Europe/Berlin\" }`...), optional "
+       "`args`, `kwargs`, `options` (`queue`, `expires`...), `misfire_grace`, `enabled`. See docs/beat.md."),
 )
 
 BY_KEY = {s.key: s for s in SETTINGS}

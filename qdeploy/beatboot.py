@@ -1,0 +1,217 @@
+"""Start `qdeploy beat`: the worker's boot order and daemon duties, then the beat loop.
+
+    import the app → dirs (as root, owned by the service user) → log file → pid file
+    → detach (the parent waits for readiness) → connect → drop privileges → schedules → run
+
+The same order as `qdeploy.worker.boot` (a shared helper for both would hold `_identity`,
+`_connect` and the dirs/log/pidfile/detach steps; the worker package is not ours to change).
+Signals only record: TERM/INT/QUIT = warm shutdown (finish the round, release the leader lock,
+exit 0), HUP = reload the config file's schedule, USR2 = reopen the log file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+from collections import deque
+from dataclasses import dataclass
+
+import redis
+
+from qdeploy import daemon
+from qdeploy.app import AppImportError, load_app
+from qdeploy.beat import Beat, SystemClock
+from qdeploy.beatentry import EntryError, load_entries
+from qdeploy.beatstore import BeatStore
+from qdeploy.broker import Broker
+from qdeploy.connection import BrokerURLError, connect, redact
+from qdeploy.schedule import resolve_timezone
+from qdeploy.sdnotify import Notifier
+from qdeploy.worker import logs
+
+log = logging.getLogger("qdeploy.beat")
+EX_USAGE, EX_UNAVAILABLE = 2, 3
+
+
+class BootError(daemon.DaemonError):
+    pass
+
+
+@dataclass(frozen=True)
+class BeatOptions:
+    app: str
+    broker: str | None
+    config: object  # qdeploy.config.Config
+    reload: object  # () -> Config: re-read the config file (HUP)
+    logfile: str | None
+    pidfile: str | None
+    detach: bool
+    user: str | None
+    group: str | None
+    allow_root: bool
+    explicit_user: bool
+    workdir: str
+    chdir: bool
+    umask: int
+    log_dir: str
+    pid_dir: str
+    state_dir: str
+    log_level: str
+    log_format: str = "text"
+    node: str = "beat"  # what qdeploy.worker.logs expands %n to
+    owner: str = f"beat@{socket.gethostname()}"
+    start_timeout: float = 30.0
+
+
+def static_entries(app, cfg) -> tuple[dict, object]:
+    """The app's and the config file's entries (the file wins a name clash) and the timezone."""
+    given = cfg.given
+    zone = cfg["timezone"] if "timezone" in given else getattr(app.conf, "timezone", None)
+    utc = cfg["enable_utc"] if "enable_utc" in given else getattr(app.conf, "enable_utc", True)
+    try:
+        tz = resolve_timezone(zone or None, enable_utc=bool(utc))
+    except ValueError as exc:
+        raise BootError(f"app.conf.timezone: {exc}", EX_USAGE) from None
+    try:
+        entries = load_entries(getattr(app.conf, "beat_schedule", None), tz=tz, source="app")
+        entries.update(load_entries(cfg["beat.schedule"], tz=tz, source="config"))
+    except EntryError as exc:
+        raise BootError(str(exc), EX_USAGE) from None
+    return entries, tz
+
+
+def run(opts: BeatOptions) -> int:
+    """Boot and run beat; returns the exit code."""
+    if opts.chdir:
+        try:
+            os.chdir(opts.workdir)
+        except OSError as exc:
+            raise BootError(f"cannot change into workdir {opts.workdir}: {exc.strerror}", EX_USAGE) from None
+    try:
+        app = load_app(opts.app)
+    except AppImportError as exc:
+        raise BootError(str(exc), EX_USAGE) from None
+    if opts.broker:
+        app.configure(broker=opts.broker)
+    entries, tz = static_entries(app, opts.config)  # bad entries: exit 2 before any side effect
+    notifier = Notifier()
+    target = identity(opts)
+    daemon.make_dirs({opts.log_dir: 0o750, opts.pid_dir: 0o755, opts.state_dir: 0o750}, target)
+    logs.setup(opts, owner_uid=target.uid if target else None, owner_gid=target.gid if target else None)
+    pidfile = None
+    if opts.pidfile:
+        pidfile = daemon.Pidfile(opts.pidfile)
+        pidfile.acquire()
+    readiness = None
+    try:
+        if opts.detach:
+            readiness = daemon.detach(opts.workdir, opts.umask, opts.start_timeout)
+            if pidfile:
+                pidfile.update(os.getpid())
+        else:
+            os.umask(opts.umask)
+        broker = connect_broker(app)
+        if target:
+            daemon.drop_privileges(target)
+        daemon.refuse_root(opts.allow_root)
+        return serve(app, opts, broker, entries, tz, notifier, readiness)
+    except daemon.DaemonError as exc:
+        if readiness is not None:
+            readiness.fail(str(exc), exc.exit_code)
+        raise
+    finally:
+        if pidfile is not None:
+            pidfile.release()
+
+
+def identity(opts: BeatOptions) -> daemon.Identity | None:
+    """As `qdeploy.worker.boot._identity`: as root, the config's user unless --allow-root."""
+    if os.geteuid() != 0 or opts.allow_root:
+        return daemon.identity(opts.user, opts.group) if opts.explicit_user else None
+    ident = daemon.identity(opts.user, opts.group)
+    if ident and ident.uid == 0:
+        raise BootError("refusing to run as root: set user/group (--uid/--gid) or pass --allow-root",
+                        daemon.EX_NOPERM)
+    return ident
+
+
+def connect_broker(app) -> Broker:
+    url = app.broker_url
+    try:
+        client = connect(url, retries=0, socket_timeout=3.0)
+        client.ping()
+    except BrokerURLError as exc:
+        raise BootError(str(exc), EX_USAGE) from None
+    except (redis.RedisError, OSError) as exc:
+        raise BootError(f"cannot reach broker {redact(url)}: {exc}", EX_UNAVAILABLE) from None
+    return Broker(url, app.namespace, result_ttl=app.result_ttl, client=client)
+
+
+def serve(app, opts: BeatOptions, broker: Broker, entries: dict, tz, notifier: Notifier, readiness) -> int:
+    cfg = opts.config
+    signals: deque[int] = deque()
+    read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+    for name in ("TERM", "INT", "QUIT", "HUP", "USR2"):
+        signal.signal(getattr(signal, f"SIG{name}"), lambda signum, frame: signals.append(signum))
+    beat = Beat(app, BeatStore(broker), static=entries, tz=tz, clock=SystemClock(read_end),
+                lock_timeout=cfg["beat.lock_timeout"] or 30.0, max_interval=cfg["beat.max_interval"] or 5.0,
+                misfire_grace=cfg["beat.misfire_grace"], holder=f"{socket.gethostname()}:{os.getpid()}")
+    stop: list[int] = []
+
+    def handle_signals() -> None:
+        while signals:
+            signum = signals.popleft()
+            if signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+                if not stop:
+                    log.info("beat: %s, warm shutdown", signal.Signals(signum).name)
+                stop.append(signum)
+            elif signum == signal.SIGHUP:
+                reload_config(beat, app, opts)
+            elif signum == signal.SIGUSR2:
+                logs.reopen()
+
+    watchdog = notifier.watchdog_interval
+    ready = []
+
+    def on_tick(wait: float) -> float:
+        handle_signals()
+        if not ready:
+            ready.append(True)
+            notifier.ready(beat.status())
+            if readiness is not None:
+                readiness.ok()
+            log.info("beat %s ready: %d entries, timezone %s, lock timeout %gs", beat.holder,
+                     len(beat.active()), getattr(tz, "key", None) or tz, beat.lock_timeout)
+        else:
+            notifier.status(beat.status())
+        if watchdog:
+            notifier.watchdog()
+            wait = min(wait, watchdog)
+        return wait
+
+    def should_stop() -> bool:
+        handle_signals()
+        return bool(stop)
+
+    beat.run(should_stop, on_tick)
+    notifier.stopping()
+    try:
+        beat.resign()
+    except redis.RedisError as exc:
+        log.warning("could not release the leader lock (%s); it expires by itself", exc)
+    log.info("beat %s stopped (%d sent)", beat.holder, beat.sent)
+    return 0
+
+
+def reload_config(beat: Beat, app, opts: BeatOptions) -> None:
+    """HUP: re-read the config file's schedule (the app's code is not re-imported)."""
+    try:
+        entries, _ = static_entries(app, opts.reload())
+    except Exception as exc:  # ConfigError, BootError: keep the schedule we have
+        log.error("reload failed, keeping the current schedule: %s", exc)
+        return
+    beat.replace_static(entries)
+    log.info("reloaded the schedule: %d static entries", len(entries))

@@ -1,0 +1,235 @@
+"""`qdeploy beat` (the scheduler service) and `qdeploy schedule list|add|remove|enable|disable`
+(dynamic entries in Redis, picked up by running beats within `beat.max_interval`).
+
+Exit codes: 2 = bad input (entry, name, app, config), 3 = broker unreachable."""
+
+from __future__ import annotations
+
+import json
+
+import click
+import redis
+
+from qdeploy import daemon
+from qdeploy.cli.common import config_option, fail, load_config, setting_options
+from qdeploy.connection import BrokerURLError, redact
+
+BEAT_KEYS = ["app", "broker", "workdir", "umask", "log_dir", "pid_dir", "state_dir", "log_level"]
+EX_USAGE, EX_UNAVAILABLE = 2, 3
+
+
+@click.command()
+@config_option
+@click.option("--uid", metavar="USER", help="Run as USER (started as root: dirs and log file are created first).")
+@click.option("--gid", metavar="GROUP", help="Run as GROUP.")
+@click.option("--allow-root", is_flag=True, help="Allow running as root.")
+@click.option("--pidfile", metavar="FILE", help="Pid file, locked while running.")
+@click.option("--logfile", metavar="FILE", help="Log file (%n %h expanded). Default: stderr.")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--detach", is_flag=True, help="Run in the background; exit 0 only once beat is ready.")
+@setting_options(BEAT_KEYS)
+def beat(config_file, uid, gid, allow_root, pidfile, logfile, log_format, detach, **settings):
+    """Run the periodic task scheduler. Any number may run: one leads and sends, each run once."""
+    from qdeploy import beatboot
+    from qdeploy.nodes import expand
+
+    cli = dict(settings)
+    cfg = load_config(config_file, settings)
+    host = beatboot.BeatOptions.__dataclass_fields__["owner"].default.partition("@")[2]
+    opts = beatboot.BeatOptions(
+        app=cfg["app"], broker=cfg["broker"] if "broker" in cfg.given else None, config=cfg,
+        reload=lambda: load_config(config_file, dict(cli)),
+        logfile=logfile or None, pidfile=expand(pidfile, "beat", host) if pidfile else None,
+        detach=detach, user=uid or cfg["user"], group=gid or (None if uid else cfg["group"]),
+        allow_root=allow_root, explicit_user=bool(uid or gid), workdir=cfg["workdir"],
+        chdir="workdir" in cfg.given, umask=int(cfg["umask"], 8), log_dir=cfg["log_dir"],
+        pid_dir=cfg["pid_dir"], state_dir=cfg["state_dir"], log_level=cfg["log_level"],
+        log_format=log_format)
+    try:
+        raise SystemExit(beatboot.run(opts))
+    except daemon.DaemonError as exc:
+        fail(str(exc), exc.exit_code)
+
+
+# -- qdeploy schedule ---------------------------------------------------------------------------
+
+class Context:
+    def __init__(self, config_file, settings):
+        self.config_file, self.settings = config_file, settings
+        self._loaded = None
+
+    def load(self):
+        """(app, store, static entries, timezone); exits 2/3 with one line on failure."""
+        if self._loaded is None:
+            from qdeploy.app import AppImportError, load_app
+            from qdeploy.beatboot import BootError, static_entries
+            from qdeploy.beatstore import BeatStore
+
+            cfg = load_config(self.config_file, dict(self.settings))
+            try:
+                app = load_app(cfg["app"])
+                if "broker" in cfg.given:
+                    app.configure(broker=cfg["broker"])
+                entries, tz = static_entries(app, cfg)
+                app.transport.ping()
+            except (AppImportError, BrokerURLError) as exc:
+                fail(str(exc), EX_USAGE)
+            except BootError as exc:
+                fail(str(exc), exc.exit_code)
+            except (redis.RedisError, OSError) as exc:
+                fail(f"cannot reach broker {redact(app.broker_url)}: {exc}", EX_UNAVAILABLE)
+            self._loaded = (app, BeatStore(app.transport), entries, tz)
+        return self._loaded
+
+
+def _name(name: str) -> str:
+    from qdeploy.beatentry import EntryError, check_name
+
+    try:
+        return check_name(name)
+    except EntryError as exc:
+        fail(str(exc), EX_USAGE)
+
+
+@click.group()
+@config_option
+@setting_options(["app", "broker"])
+@click.pass_context
+def schedule(ctx, config_file, **settings):
+    """Inspect and edit periodic tasks; edits reach running beats within beat.max_interval."""
+    ctx.obj = Context(config_file, settings)
+
+
+@schedule.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def list_(obj: Context, as_json):
+    """Every entry: the app's, the config file's and the dynamic ones."""
+    from qdeploy.beatentry import EntryError, from_json
+    from qdeploy.schedule import every
+
+    app, store, static, tz = obj.load()
+    _, stored, disabled = store.load()
+    rows, entries = [], dict(static)
+    for name, spec in stored.items():
+        try:
+            entries.setdefault(name, from_json(name, spec, tz=tz))
+        except EntryError as exc:
+            rows.append({"name": name, "source": "redis", "error": str(exc)})
+    anchors, runs, lock = store.anchors(list(entries)), store.runs(), store.leader()
+    for name, e in sorted(entries.items()):
+        anchor = anchors.get(name)
+        nxt = e.schedule.next_after(anchor) if anchor else None
+        kind = "every" if isinstance(e.schedule, every) else "cron"
+        rows.append({"name": name, "source": e.source, "task": e.task, "kind": kind, "schedule": e.describe(),
+                     "args": e.args, "kwargs": e.kwargs, "options": e.options,
+                     "enabled": e.enabled and name not in disabled,
+                     "next_run": nxt.isoformat() if nxt else None, "last_run": runs.get(name)})
+    if as_json:
+        click.echo(json.dumps({"leader": lock.get("holder"), "entries": rows}, indent=2))
+        return
+    click.echo(f"leader: {lock.get('holder') or '(none)'}")
+    for r in rows:
+        if "error" in r:
+            click.echo(f"{r['name']}  [redis, INVALID] {r['error']}")
+            continue
+        state = "" if r["enabled"] else ", disabled"
+        last = r["last_run"] or {}
+        click.echo(f"{r['name']}  [{r['source']}{state}] {r['task']} {r['kind']} {r['schedule']}")
+        click.echo(f"    next: {r['next_run'] or 'one period after beat first sees it'}"
+                   f"   last: {last.get('slot', '-')}{' (skipped)' if last.get('skipped') else ''}")
+
+
+def _json_arg(value: str | None, what: str, kind: type):
+    if value is None:
+        return kind()
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        example = '[1, 2]' if kind is list else '{"key": 1}'
+        fail(f"--{what} must be JSON, e.g. {example}", EX_USAGE)
+    if not isinstance(parsed, kind):
+        fail(f"--{what} must be a JSON {'array' if kind is list else 'object'}", EX_USAGE)
+    return parsed
+
+
+@schedule.command()
+@click.argument("name")
+@click.argument("task")
+@click.option("--every", metavar="INTERVAL", help="Interval: 30s, 5m, 1h30m, or seconds.")
+@click.option("--cron", metavar="EXPR", help='5-field cron line, e.g. "*/15 * * * *", or @daily.')
+@click.option("--timezone", "zone", metavar="TZ", help="Timezone of --cron (default: beat's).")
+@click.option("--args", "args_json", metavar="JSON", help="Positional arguments, a JSON array.")
+@click.option("--kwargs", "kwargs_json", metavar="JSON", help="Keyword arguments, a JSON object.")
+@click.option("--queue", metavar="QUEUE", help="Queue (default: the task's).")
+@click.option("--expires", type=float, metavar="SECONDS", help="Drop a run not started within SECONDS.")
+@click.option("--replace", is_flag=True, help="Replace a dynamic entry of the same name.")
+@click.pass_obj
+def add(obj: Context, name, task, every, cron, zone, args_json, kwargs_json, queue, expires, replace):
+    """Add a dynamic entry NAME that sends TASK."""
+    from qdeploy.beatentry import EntryError, dynamic_spec
+
+    name = _name(name)
+    if (every is None) == (cron is None):
+        fail("give exactly one of --every INTERVAL or --cron EXPR", EX_USAGE)
+    if zone and not cron:
+        fail("--timezone applies to --cron only; intervals are elapsed time", EX_USAGE)
+    sched = {"every": every} if every is not None else {"cron": cron, **({"timezone": zone} if zone else {})}
+    args, kwargs = _json_arg(args_json, "args", list), _json_arg(kwargs_json, "kwargs", dict)
+    try:
+        spec = dynamic_spec(name, task, sched, args=args, kwargs=kwargs, queue=queue, expires=expires)
+    except EntryError as exc:
+        fail(str(exc), EX_USAGE)
+    app, store, static, tz = obj.load()
+    if name in static:
+        fail(f"schedule entry {name!r} is defined in the {static[name].source}; "
+             f"choose another name (or disable it)", EX_USAGE)
+    if not store.put(name, spec, replace=replace):
+        fail(f"schedule entry {name!r} exists already (use --replace to change it)", EX_USAGE)
+    click.echo(f"added {name}")
+
+
+@schedule.command()
+@click.argument("name")
+@click.pass_obj
+def remove(obj: Context, name):
+    """Remove a dynamic entry."""
+    name = _name(name)
+    app, store, static, tz = obj.load()
+    if name in static:
+        fail(f"schedule entry {name!r} is defined in the {static[name].source}, not in Redis; "
+             f"disable it instead", EX_USAGE)
+    if not store.remove(name):
+        fail(f"no dynamic schedule entry {name!r}", EX_USAGE)
+    click.echo(f"removed {name}")
+
+
+def _toggle(obj: Context, name: str, enabled: bool) -> None:
+    name = _name(name)
+    app, store, static, tz = obj.load()
+    _, stored, _ = store.load()
+    if name not in static and name not in stored:
+        fail(f"no schedule entry {name!r}", EX_USAGE)
+    if enabled and name in static and not static[name].enabled:
+        fail(f"schedule entry {name!r} has enabled = false in the {static[name].source}", EX_USAGE)
+    store.set_enabled(name, enabled)
+    click.echo(f"{'enabled' if enabled else 'disabled'} {name}")
+
+
+@schedule.command()
+@click.argument("name")
+@click.pass_obj
+def enable(obj: Context, name):
+    """Enable an entry (of any source)."""
+    _toggle(obj, name, True)
+
+
+@schedule.command()
+@click.argument("name")
+@click.pass_obj
+def disable(obj: Context, name):
+    """Disable an entry (of any source) until it is enabled again."""
+    _toggle(obj, name, False)
+
+
+COMMANDS = [beat, schedule]
