@@ -298,3 +298,60 @@ class Broker:
         pipe.hset(self.k_msg, task_id, body)
         pipe.lpush(self.queue_key(queue), task_id)
         pipe.execute()
+
+    # -- fleet inspection (read-only: qdeploy status/inspect/queues, the dashboard) -------------
+    def heartbeats(self) -> dict[str, dict]:
+        """Live heartbeats: owner -> the info its node last wrote (node, pid, pool, ...)."""
+        prefix = f"{self.ns}:hb:"
+        keys = list(self.client.scan_iter(match=f"{prefix}*", count=1000))
+        out = {}
+        for key, value in zip(keys, self.client.mget(keys) if keys else []):
+            if value is not None:
+                try:
+                    info = json.loads(value)
+                except ValueError:
+                    info = {}
+                out[key.decode()[len(prefix):]] = info if isinstance(info, dict) else {}
+        return out
+
+    def queue_names(self) -> list[str]:
+        """Every queue with ready or scheduled messages."""
+        names = set()
+        for kind in ("q", "eta"):
+            prefix = f"{self.ns}:{kind}:"
+            names.update(k.decode()[len(prefix):] for k in self.client.scan_iter(match=f"{prefix}*", count=1000))
+        return sorted(names)
+
+    def inflight_all(self) -> dict[str, list[str]]:
+        """consumer id -> ids it holds, for every consumer holding something."""
+        prefix = f"{self.ns}:inflight:"
+        keys = list(self.client.scan_iter(match=f"{prefix}*", count=1000))
+        pipe = self.client.pipeline(transaction=False)
+        for key in keys:
+            pipe.lrange(key, 0, -1)
+        return {k.decode()[len(prefix):]: [i.decode() for i in ids] for k, ids in zip(keys, pipe.execute() if keys else [])}
+
+    def bodies(self, ids: list[str]) -> dict[str, bytes | None]:
+        return dict(zip(ids, self.client.hmget(self.k_msg, ids))) if ids else {}
+
+    def eta_entries(self, queue: str, count: int = 100) -> list[tuple[str, float]]:
+        return [(i.decode(), s) for i, s in self.client.zrange(self.eta_key(queue), 0, count - 1, withscores=True)]
+
+    def dead_letter_count(self) -> int:
+        return self.client.llen(self.k_dead)
+
+    def result_records(self, scan_limit: int = 2000) -> dict[str, dict]:
+        """Up to `scan_limit` stored results (id -> record), for dashboards: a sample, not all."""
+        prefix = f"{self.ns}:r:"
+        keys = []
+        for key in self.client.scan_iter(match=f"{prefix}*", count=1000):
+            keys.append(key)
+            if len(keys) >= scan_limit:
+                break
+        out = {}
+        for key, value in zip(keys, self.client.mget(keys) if keys else []):
+            try:
+                out[key.decode()[len(prefix):]] = json.loads(value) if value else None
+            except ValueError:
+                continue
+        return {k: v for k, v in out.items() if isinstance(v, dict)}

@@ -15,9 +15,9 @@ def main() -> None:
 
 
 def _register() -> None:
-    from qdeploy.cli import beat, package, render, runtime, worker
+    from qdeploy.cli import beat, multi, ops, package, render, runtime, worker
 
-    for module in (render, runtime, worker, package, beat):
+    for module in (render, runtime, worker, package, multi, beat, ops):
         for command in module.COMMANDS:
             main.add_command(command)
 

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import selectors
+import shlex
 import signal
 import sys
 import time
@@ -25,6 +26,7 @@ import psutil
 import redis
 
 from qdeploy import results
+from qdeploy.control import ControlServer
 from qdeploy.sdnotify import Notifier
 from qdeploy.worker.options import WorkerOptions
 from qdeploy.worker.process import CHILD_BOOT_ERROR, child_main, set_title
@@ -64,7 +66,8 @@ class Master:
     # -- start and the loop ------------------------------------------------------------------
     def run(self) -> int:
         self.init_signals()
-        set_title(self.opts.title())
+        self.control = ControlServer(self)  # its pub/sub socket joins the selector
+        set_title(f"{self.opts.title()}: {shlex.join(sys.argv)}")  # like Celery: the options stay visible
         self.adopt_children()
         self.requeue_previous_incarnation()
         log.info("worker %s starting: %d children, queues %s", self.opts.owner, self.target, ",".join(self.opts.queues))
@@ -91,15 +94,21 @@ class Master:
         self.selector.register(read_end, selectors.EVENT_READ, None)
         for name in SIGNALS:
             signal.signal(getattr(signal, f"SIG{name}"), self._record)
+        # reexec() blocked them across execve (the mask survives it): what arrived meanwhile is
+        # still pending and is delivered to _record now.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _signal_set())
 
     def _record(self, signum, frame) -> None:
         self.signals.append(signum)  # only record: the loop does the work
 
     def selector_wait(self) -> None:
+        self.control.tick()  # reconnects the control channel after a Redis outage
         timeout = min(HEARTBEAT_EVERY, self._until_next_deadline())
         for key, _ in self.selector.select(max(0.0, timeout)):
             if key.data is None:
                 _drain(key.fd)
+            elif key.data is self.control:
+                self.control.handle_readable()
             else:
                 self.read_events(key.data)
 
@@ -402,6 +411,9 @@ class Master:
             env["NOTIFY_SOCKET"] = self.notifier.raw_address
         logging.shutdown()
         signal.set_wakeup_fd(-1)
+        # Until the new image installs its handlers, a HUP/TERM/USR1 would kill it and TTIN/TTOU
+        # stop it (their default actions): keep them blocked (pending) across the exec.
+        signal.pthread_sigmask(signal.SIG_BLOCK, _signal_set())
         os.execve(sys.executable, sys.orig_argv, env)
 
     def adopt_children(self) -> None:
@@ -420,6 +432,10 @@ class Master:
         except _REDIS_DOWN:
             pass
         log.info("worker %s stopped (%s shutdown)", self.opts.owner, self.stopping)
+
+
+def _signal_set() -> set[int]:
+    return {getattr(signal, f"SIG{name}") for name in SIGNALS}
 
 
 def _drain(fd: int) -> None:

@@ -4,6 +4,7 @@ to run consumers in-process or as real `qdeploy worker` subprocesses."""
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -211,3 +212,13 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 30) -> subproc
     environ.update(env or {})
     return subprocess.run([sys.executable, "-m", "qdeploy", *args], env=environ, cwd=REPO,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def argv_of(proc) -> list[str]:
+    """A worker master's command line, also when its process title was set: the title keeps the
+    original arguments after "master: " (as Celery's does)."""
+    cmdline = [part for part in proc.cmdline() if part]
+    title = " ".join(cmdline)  # psutil splits a long title at its spaces, a short one not
+    if title.startswith("qdeploy worker ") and " master: " in title:
+        return shlex.split(title.partition(" master: ")[2])
+    return cmdline

@@ -142,11 +142,12 @@ def test_watchdog_keepalives(masters):
 def test_process_titles_show_node_and_task(masters, tapp, rclient, namespace):
     m = masters("-c", "1").ready()
     node = m.argv[m.argv.index("-n") + 1].partition("@")[0]
-    assert psutil.Process(m.pid).cmdline()[0] == f"qdeploy worker {node} master"
+    title = " ".join(part for part in psutil.Process(m.pid).cmdline() if part)
+    assert title.startswith(f"qdeploy worker {node} master: ") and f" -n {node}@test" in title
     res = tapp.send_task("t.slow", [1.5, "title"])
     wait_until(lambda: runs(rclient, namespace, "title") == 1, 10, what="the task to start")
     (child,) = m.children()
-    assert child.cmdline()[0] == f"qdeploy worker {node} child 1: t.slow[{res.id}]"
+    assert " ".join(p for p in child.cmdline() if p) == f"qdeploy worker {node} child 1: t.slow[{res.id}]"
 
 
 def test_notify_socket_is_not_inherited_by_tasks(masters, tapp):

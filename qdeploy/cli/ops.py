@@ -1,0 +1,354 @@
+"""Operate a running fleet: `qdeploy status`, `inspect`, `control`, `queues`, `dead-letter`,
+`purge`, `dashboard`. Parse, call qdeploy.control / qdeploy.fleet, print a table (or --json).
+
+Exit codes: 0 ok, 1 some node did not answer / nothing online / refused, 2 bad input,
+3 broker unreachable.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import sys
+
+import click
+import redis
+
+from qdeploy.cli.runtime import (
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    app_option,
+    broker_option,
+    connect_app,
+    fail,
+)
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+timeout_option = click.option("-t", "--timeout", type=click.FloatRange(0.05, 300), default=1.0, show_default=True,
+                              help="Seconds to wait for the nodes' replies.")
+destination_option = click.option("-d", "--destination", multiple=True, metavar="NODE[@HOST]",
+                                  help="Only these nodes (repeat, or a comma list). Default: all.")
+
+
+def _broker(app_path, broker, command):
+    return connect_app(app_path, broker, command).transport
+
+
+def _table(rows: list[dict], columns: list[str]) -> None:
+    cells = [[_cell(r.get(c)) for c in columns] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    click.echo("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths)).rstrip())
+    for row in cells:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, list):
+        return ",".join(map(str, value)) or "-"
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True)
+    return " ".join(str(value).split())  # never let a value break the table (newlines, tabs)
+
+
+def _age(seconds) -> str:
+    if not isinstance(seconds, (int, float)):
+        return "-"
+    return str(datetime.timedelta(seconds=int(seconds)))
+
+
+def _destinations(values, command):
+    from qdeploy.control import check_destinations
+
+    try:
+        return check_destinations(values)
+    except ValueError as exc:
+        fail(command, str(exc), EXIT_USAGE)
+
+
+def _report(gathered, as_json: bool, render_rows) -> None:
+    """Print the replies; the nodes that did not answer are reported, and make the exit 1."""
+    if as_json:
+        click.echo(json.dumps({"replies": gathered.replies, "no_reply": gathered.missing,
+                               "unknown_destinations": gathered.unknown}, indent=2, default=str))
+    else:
+        rows = []
+        for owner, reply in sorted(gathered.replies.items()):
+            if not reply.get("ok"):
+                rows.append({"node": owner, "status": "error", "detail": reply.get("error")})
+            else:
+                rows += [dict(node=owner, status="ok", **r) for r in render_rows(reply["result"])] or \
+                    [{"node": owner, "status": "ok", "detail": "(none)"}]
+        rows += [{"node": o, "status": "no reply", "detail": f"no answer within {gathered_timeout(gathered)}"}
+                 for o in gathered.missing]
+        rows += [{"node": d, "status": "unknown", "detail": "no such node online"} for d in gathered.unknown]
+        if rows:
+            columns = ["node", "status"] + sorted({k for r in rows for k in r} - {"node", "status", "detail"}) + ["detail"]
+            _table(rows, [c for c in columns if any(r.get(c) is not None for r in rows) or c in ("node", "status")])
+        else:
+            click.echo("no node answered (none online?)")
+    if gathered.missing or gathered.unknown or not gathered.replies or any(not r.get("ok") for r in gathered.replies.values()):
+        sys.exit(1)
+
+
+def gathered_timeout(gathered) -> str:
+    return f"{gathered.elapsed:.1f}s"
+
+
+# -- status, inspect, control -----------------------------------------------------------------
+@click.command()
+@app_option
+@broker_option
+@json_option
+def status(app_path, broker, as_json):
+    """Online nodes (from their heartbeats): pool size, tasks done, uptime."""
+    from qdeploy import fleet
+
+    rows = _call(lambda: fleet.status(_broker(app_path, broker, "status")), "status")
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    elif rows:
+        for row in rows:
+            row["uptime"], row["last_seen"] = _age(row["uptime"]), f"{row['last_seen']}s ago" if row["last_seen"] is not None else "-"
+        _table(rows, ["owner", "kind", "pid", "pool", "tasks_done", "uptime", "queues", "last_seen"])
+        click.echo(f"{len(rows)} node(s) online")
+    else:
+        click.echo("no nodes online")
+    sys.exit(0 if rows else 1)
+
+
+INSPECT_ROWS = {
+    "active": lambda result: [{"task": r["task"], "id": r["id"], "child": r["child"], "args": r["args"]} for r in result],
+    "reserved": lambda result: [{"task": r["task"], "id": r["id"], "child": r["child"]} for r in result],
+    "scheduled": lambda result: [{"task": r["task"], "id": r["id"], "queue": r["queue"],
+                                  "eta": datetime.datetime.fromtimestamp(r["eta"]).isoformat(" ", "seconds")} for r in result],
+    "stats": lambda r: [{"pid": r["pid"], "pool": r["pool"], "busy": r["busy"], "tasks_done": r["tasks_done"],
+                         "uptime": _age(r["uptime"]), "rss_kib": r["rss_kib"] + r["children_rss_kib"],
+                         "detail": "stopping" if r.get("stopping") else None}],
+    "registered": lambda r: [{"task": name, "detail": ", ".join(f"{k}={v}" for k, v in opts.items() if v is not None)}
+                             for name, opts in r["tasks"].items()],
+    "queues": lambda r: [{"queues": r["queues"]}],
+}
+
+
+@click.command()
+@click.argument("what", type=click.Choice(list(INSPECT_ROWS)))
+@destination_option
+@timeout_option
+@app_option
+@broker_option
+@json_option
+def inspect(what, destination, timeout, app_path, broker, as_json):
+    """Ask live nodes: active | reserved | scheduled | stats | registered | queues."""
+    from qdeploy.control import Control
+
+    dest = _destinations(destination, "inspect")
+    gathered = _call(lambda: Control(_broker(app_path, broker, "inspect")).inspect(what, dest, timeout), "inspect")
+    _report(gathered, as_json, INSPECT_ROWS[what])
+
+
+@click.command()
+@click.argument("command", type=click.Choice(["ping", "shutdown", "pool-grow", "pool-shrink", "rate-limit", "revoke"]))
+@click.argument("args", nargs=-1)
+@click.option("--terminate", is_flag=True, help="revoke: also kill the child running the task (its slot restarts).")
+@destination_option
+@timeout_option
+@app_option
+@broker_option
+@json_option
+def control(command, args, terminate, destination, timeout, app_path, broker, as_json):
+    """Tell live nodes: ping | shutdown | pool-grow [N] | pool-shrink [N] | rate-limit TASK RATE |
+    revoke ID... [--terminate].
+
+    \b
+    rate-limit TASK 10/s   (or 100/m, 5/h; 0 removes it): the node's children are recycled
+    gracefully to pick it up. revoke marks the ids in Redis (never run), then asks the nodes.
+    """
+    from qdeploy.control import TASK_ID, Control
+
+    dest = _destinations(destination, "control")
+    payload = _control_args(command, list(args), terminate)
+    app = connect_app(app_path, broker, "control")
+    if command == "revoke":
+        for task_id in payload["ids"]:
+            _call(lambda: app.revoke(task_id), "control")  # noqa: B023 - called at once
+    assert all(TASK_ID.fullmatch(i) for i in payload.get("ids", []))
+    gathered = _call(lambda: Control(app.transport).request(command, payload, dest, timeout), "control")
+    _report(gathered, as_json, lambda r: [{"detail": ", ".join(f"{k}={v}" for k, v in r.items())}])
+
+
+def _control_args(command: str, args: list[str], terminate: bool) -> dict:
+    from qdeploy.app import parse_rate
+    from qdeploy.control import TASK_ID
+
+    if command in ("pool-grow", "pool-shrink"):
+        if len(args) > 1 or (args and not (args[0].isdigit() and 1 <= int(args[0]) <= 64)):
+            fail("control", f"{command} takes one optional count from 1 to 64", EXIT_USAGE)
+        return {"n": int(args[0]) if args else 1}
+    if command == "rate-limit":
+        if len(args) != 2:
+            fail("control", "rate-limit takes TASK RATE, e.g. rate-limit proj.fetch 10/s", EXIT_USAGE)
+        try:
+            parse_rate(None if args[1] in ("0", "none") else args[1])
+        except ValueError as exc:
+            fail("control", str(exc), EXIT_USAGE)
+        return {"task": args[0], "rate": args[1]}
+    if command == "revoke":
+        if not args or not all(TASK_ID.fullmatch(a) for a in args):
+            fail("control", "revoke takes one or more task ids", EXIT_USAGE)
+        return {"ids": args, "terminate": terminate}
+    if args:
+        fail("control", f"{command} takes no arguments", EXIT_USAGE)
+    return {}
+
+
+# -- queues, dead letters, purge --------------------------------------------------------------
+@click.command()
+@app_option
+@broker_option
+@json_option
+def queues(app_path, broker, as_json):
+    """Per queue: ready, in flight, scheduled (ETA/retry) and dead-lettered messages."""
+    from qdeploy import fleet
+
+    rows = _call(lambda: fleet.queue_stats(_broker(app_path, broker, "queues")), "queues")
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    elif rows:
+        _table(rows, ["queue", "ready", "in_flight", "scheduled", "dead"])
+    else:
+        click.echo("no queues")
+
+
+@click.group("dead-letter")
+def dead_letter():
+    """List, requeue or purge dead-lettered messages."""
+
+
+@dead_letter.command("list")
+@click.option("--limit", type=click.IntRange(1, 100000), default=100, show_default=True)
+@app_option
+@broker_option
+@json_option
+def dead_list(limit, app_path, broker, as_json):
+    """The newest dead letters and why they died."""
+    from qdeploy import fleet
+
+    rows = _call(lambda: fleet.dead_letter_list(_broker(app_path, broker, "dead-letter"), limit), "dead-letter")
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        row["time"] = datetime.datetime.fromtimestamp(row["time"]).isoformat(" ", "seconds") if row.get("time") else None
+    _table(rows, ["id", "queue", "task", "time", "reason"]) if rows else click.echo("no dead letters")
+
+
+@dead_letter.command("requeue")
+@click.argument("ids", nargs=-1)
+@click.option("--all", "everything", is_flag=True, help="Requeue every dead letter.")
+@app_option
+@broker_option
+@json_option
+def dead_requeue(ids, everything, app_path, broker, as_json):
+    """Put dead letters (by id, or --all) back at the head of their queue."""
+    from qdeploy import fleet
+
+    if bool(ids) == everything:
+        fail("dead-letter", "give task ids or --all (not both)", EXIT_USAGE)
+    done, skipped = _call(lambda: fleet.requeue_dead(_broker(app_path, broker, "dead-letter"), list(ids) or None),
+                          "dead-letter")
+    if as_json:
+        click.echo(json.dumps({"requeued": done, "skipped": skipped}))
+    else:
+        click.echo(f"requeued {len(done)}" + (f"; not requeued (unknown, or no queue/body): {' '.join(skipped)}" if skipped else ""))
+    sys.exit(1 if skipped else 0)
+
+
+@dead_letter.command("purge")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@app_option
+@broker_option
+def dead_purge(yes, app_path, broker):
+    """Delete every dead letter."""
+    from qdeploy import fleet
+
+    b = _broker(app_path, broker, "dead-letter")
+    count = _call(b.dead_letter_count, "dead-letter")
+    _confirm(f"Delete {count} dead letter(s)?", yes, "dead-letter")
+    click.echo(f"deleted {_call(lambda: fleet.purge_dead(b), 'dead-letter')} dead letter(s)")
+
+
+@click.command()
+@click.option("-Q", "--queues", "names", metavar="A,B", help="Only these queues (default: every queue).")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation (required when stdin is not a terminal).")
+@app_option
+@broker_option
+def purge(names, yes, app_path, broker):
+    """Delete every waiting (ready and scheduled) message; running ones finish."""
+    from qdeploy import fleet
+    from qdeploy.datatypes import QUEUE_NAME
+
+    b = _broker(app_path, broker, "purge")
+    stats = {r["queue"]: r for r in _call(lambda: fleet.queue_stats(b), "purge")}
+    chosen = [q.strip() for q in names.split(",")] if names else sorted(stats)
+    bad = [q for q in chosen if not QUEUE_NAME.fullmatch(q)]
+    if bad:
+        fail("purge", f"invalid queue name {bad[0][:40]!r}", EXIT_USAGE)
+    total = sum(stats[q]["ready"] + stats[q]["scheduled"] for q in chosen if q in stats)
+    if not chosen:
+        click.echo("no queues")
+        return
+    _confirm(f"Purge {total} message(s) from {', '.join(chosen)}?", yes, "purge")
+    removed = _call(lambda: fleet.purge(b, chosen), "purge")
+    click.echo(f"purged {sum(removed.values())} message(s): " + ", ".join(f"{q}={n}" for q, n in removed.items()))
+
+
+def _confirm(question: str, yes: bool, command: str) -> None:
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        fail(command, "refusing without confirmation: stdin is not a terminal (pass --yes)", EXIT_USAGE)
+    if not click.confirm(question, default=False):
+        fail(command, "aborted", 1)
+
+
+def _call(fn, command):
+    try:
+        return fn()
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        fail(command, f"broker unreachable: {exc}", EXIT_UNAVAILABLE)
+    except redis.RedisError as exc:
+        fail(command, f"broker error: {exc}", EXIT_UNAVAILABLE)
+
+
+# -- dashboard --------------------------------------------------------------------------------
+@click.command()
+@click.option("--port", type=click.IntRange(1, 65535), default=5555, show_default=True)
+@click.option("--bind", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
+@click.option("--auth", envvar="QDEPLOY_DASHBOARD_AUTH", metavar="USER:PASS",
+              help="Require HTTP basic auth (or $QDEPLOY_DASHBOARD_AUTH, which keeps it out of `ps`).")
+@click.option("--refresh", type=click.FloatRange(0.5, 60), default=2.0, show_default=True, help="Seconds between page updates.")
+@app_option
+@broker_option
+def dashboard(port, bind, auth, refresh, app_path, broker):
+    """A read-only web dashboard: nodes, queues, recent and failed tasks, live-updating."""
+    from qdeploy import dashboard as dash
+
+    if auth is not None and (":" not in auth or not auth.partition(":")[0] or not auth.partition(":")[2]):
+        fail("dashboard", "--auth must be USER:PASS", EXIT_USAGE)
+    b = _broker(app_path, broker, "dashboard")
+    try:
+        server = dash.make_server(b, bind, port, auth=auth, refresh=refresh)
+    except OSError as exc:
+        fail("dashboard", f"cannot listen on {bind}:{port}: {exc.strerror or exc}", EXIT_USAGE)
+    click.echo(f"dashboard on http://{bind}:{server.server_address[1]}/ (read-only{', basic auth' if auth else ''})")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+COMMANDS = [status, inspect, control, queues, dead_letter, purge, dashboard]
