@@ -56,7 +56,8 @@ def deployment(root_only, world_dir, stub, write_config):
 
 def initd(tree: Path, service: str, *args: str, **env: str) -> subprocess.CompletedProcess:
     defaults = tree / "etc/default" / service
-    environ = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "QDEPLOY_DEFAULTS": str(defaults), **env}
+    environ = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "QDEPLOY_DEFAULTS": str(defaults),
+               "QDEPLOY_CONFIG_FILE": str(tree / "etc/qdeploy/qdeploy.toml"), **env}
     return subprocess.run(
         ["/bin/sh", str(tree / "etc/init.d" / service), *args], capture_output=True, text=True, env=environ, timeout=120
     )
@@ -148,15 +149,25 @@ def test_start_fails_loudly_when_the_worker_is_not_ready(deployment):
         (lambda p: p.chmod(0o646), "group or world writable, mode 646 (fix: chmod go-w"),
     ],
 )
-def test_refuses_unsafe_defaults_file(deployment, change, message):
+@pytest.mark.parametrize("target", ["etc/default/qworker", "etc/qdeploy/qdeploy.toml"])
+def test_refuses_unsafe_defaults_and_config_files(deployment, change, message, target):
     tree, _, world = deployment
+    marker = world / "sourced"
     defaults = tree / "etc/default/qworker"
-    defaults.write_text(defaults.read_text() + "touch '/tmp/qdeploy-sourced'\n")
-    change(defaults)
+    defaults.write_text(defaults.read_text() + f"touch '{marker}'\n")
+    change(tree / target)
     result = initd(tree, "qworker", "start")
     assert result.returncode == 4
-    assert message in result.stderr
-    assert not Path("/tmp/qdeploy-sourced").exists()
+    assert f"qworker: refusing to use {tree / target}: {message}" in result.stderr
+    assert marker.exists() == target.endswith(".toml"), "an unsafe defaults file is never sourced"
+    assert not list((world / "records").iterdir())
+
+
+def test_start_needs_the_config_file(deployment):
+    tree, _, world = deployment
+    (tree / "etc/qdeploy/qdeploy.toml").unlink()
+    result = initd(tree, "qworker", "start")
+    assert result.returncode == 6 and "config file" in result.stderr and "not found" in result.stderr
     assert not list((world / "records").iterdir())
 
 

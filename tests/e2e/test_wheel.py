@@ -29,11 +29,12 @@ def test_render_from_the_installed_wheel(tmp_path):
         [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps", str(wheel)],
         check=True, capture_output=True,
     )
+    clean = {"PATH": "/usr/bin:/bin"}  # no PYTHONPATH: only what is installed counts
     where = subprocess.run([str(python), "-c", "import qdeploy; print(qdeploy.__file__)"],
-                           capture_output=True, text=True, check=True, cwd=tmp_path)
+                           capture_output=True, text=True, check=True, cwd=tmp_path, env=clean)
     assert where.stdout.startswith(str(env_dir))
     result = subprocess.run([str(env_dir / "bin" / "qdeploy"), "render", "--nodes", "3"],
-                            capture_output=True, text=True, cwd=tmp_path, env={"PATH": "/usr/bin:/bin"})
+                            capture_output=True, text=True, cwd=tmp_path, env=clean)
     assert result.returncode == 0, result.stderr
     assert "wrote 12 files to qdeploy-build/" in result.stdout
     unit = (tmp_path / "qdeploy-build/etc/systemd/system/qworker@.service").read_text()
