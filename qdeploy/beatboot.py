@@ -1,10 +1,7 @@
-"""Start `qdeploy beat`: the worker's boot order and daemon duties, then the beat loop.
+"""Start `qdeploy beat`: the services' shared boot (qdeploy.service: import the app → dirs →
+log file → pid file → detach → connect → drop privileges), checking every schedule entry
+before any side effect, then the beat loop.
 
-    import the app → dirs (as root, owned by the service user) → log file → pid file
-    → detach (the parent waits for readiness) → connect → drop privileges → schedules → run
-
-The same order as `qdeploy.worker.boot` (a shared helper for both would hold `_identity`,
-`_connect` and the dirs/log/pidfile/detach steps; the worker package is not ours to change).
 Signals only record: TERM/INT/QUIT = warm shutdown (finish the round, release the leader lock,
 exit 0), HUP = reload the config file's schedule, USR2 = reopen the log file.
 """
@@ -20,23 +17,18 @@ from dataclasses import dataclass
 
 import redis
 
-from qdeploy import daemon
-from qdeploy.app import AppImportError, load_app
+from qdeploy import service
 from qdeploy.beat import Beat, SystemClock
 from qdeploy.beatentry import EntryError, load_entries
 from qdeploy.beatstore import BeatStore
 from qdeploy.broker import Broker
-from qdeploy.connection import BrokerURLError, connect, redact
 from qdeploy.schedule import resolve_timezone
 from qdeploy.sdnotify import Notifier
 from qdeploy.worker import logs
 
 log = logging.getLogger("qdeploy.beat")
-EX_USAGE, EX_UNAVAILABLE = 2, 3
-
-
-class BootError(daemon.DaemonError):
-    pass
+EX_USAGE = service.EX_USAGE
+BootError = service.BootError
 
 
 @dataclass(frozen=True)
@@ -84,69 +76,14 @@ def static_entries(app, cfg) -> tuple[dict, object]:
 
 def run(opts: BeatOptions) -> int:
     """Boot and run beat; returns the exit code."""
-    if opts.chdir:
-        try:
-            os.chdir(opts.workdir)
-        except OSError as exc:
-            raise BootError(f"cannot change into workdir {opts.workdir}: {exc.strerror}", EX_USAGE) from None
-    try:
-        app = load_app(opts.app)
-    except AppImportError as exc:
-        raise BootError(str(exc), EX_USAGE) from None
-    if opts.broker:
-        app.configure(broker=opts.broker)
+    app = service.load(opts)
     entries, tz = static_entries(app, opts.config)  # bad entries: exit 2 before any side effect
     notifier = Notifier()
-    target = identity(opts)
-    daemon.make_dirs({opts.log_dir: 0o750, opts.pid_dir: 0o755, opts.state_dir: 0o750}, target)
-    logs.setup(opts, owner_uid=target.uid if target else None, owner_gid=target.gid if target else None)
-    pidfile = None
-    if opts.pidfile:
-        pidfile = daemon.Pidfile(opts.pidfile)
-        pidfile.acquire()
-    readiness = None
-    try:
-        if opts.detach:
-            readiness = daemon.detach(opts.workdir, opts.umask, opts.start_timeout)
-            if pidfile:
-                pidfile.update(os.getpid())
-        else:
-            os.umask(opts.umask)
-        broker = connect_broker(app)
-        if target:
-            daemon.drop_privileges(target)
-        daemon.refuse_root(opts.allow_root)
+    target = service.identity(opts, "beat")
+    with service.daemonized(opts, target, "beat") as (readiness, _):
+        broker = service.connect_broker(app)
+        service.become(target, opts.allow_root, "beat")
         return serve(app, opts, broker, entries, tz, notifier, readiness)
-    except daemon.DaemonError as exc:
-        if readiness is not None:
-            readiness.fail(str(exc), exc.exit_code)
-        raise
-    finally:
-        if pidfile is not None:
-            pidfile.release()
-
-
-def identity(opts: BeatOptions) -> daemon.Identity | None:
-    """As `qdeploy.worker.boot._identity`: as root, the config's user unless --allow-root."""
-    if os.geteuid() != 0 or opts.allow_root:
-        return daemon.identity(opts.user, opts.group) if opts.explicit_user else None
-    ident = daemon.identity(opts.user, opts.group)
-    if ident and ident.uid == 0:
-        raise BootError("refusing to run as root: set user/group (--uid/--gid) or pass --allow-root",
-                        daemon.EX_NOPERM)
-    return ident
-
-
-def connect_broker(app) -> Broker:
-    url = app.broker_url
-    try:
-        client = connect(url, retries=0, socket_timeout=3.0)
-        client.ping()
-    except BrokerURLError as exc:
-        raise BootError(str(exc), EX_USAGE) from None
-    except (redis.RedisError, OSError) as exc:
-        raise BootError(f"cannot reach broker {redact(url)}: {exc}", EX_UNAVAILABLE) from None
-    return Broker(url, app.namespace, result_ttl=app.result_ttl, client=client)
 
 
 def serve(app, opts: BeatOptions, broker: Broker, entries: dict, tz, notifier: Notifier, readiness) -> int:

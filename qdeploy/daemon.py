@@ -171,11 +171,9 @@ def drop_privileges(target: Identity) -> None:
     os.environ.update(HOME=target.home, USER=target.user, LOGNAME=target.user)
 
 
-def refuse_root(allow_root: bool) -> None:
+def refuse_root(allow_root: bool, what: str = "tasks") -> None:
     if os.geteuid() == 0 and not allow_root:
-        raise DaemonError(
-            "refusing to run tasks as root: set user/group (--uid/--gid) or pass --allow-root", EX_NOPERM
-        )
+        raise DaemonError(f"refusing to run {what} as root: set user/group (--uid/--gid) or pass --allow-root", EX_NOPERM)
 
 
 # -- detach ----------------------------------------------------------------------------------
@@ -204,13 +202,13 @@ class Readiness:
         self.fd = None
 
 
-def detach(workdir: str, umask: int, timeout: float) -> Readiness:
+def detach(workdir: str, umask: int, timeout: float, what: str = "service") -> Readiness:
     """Double-fork into the background. Returns in the daemon; the original process waits for
     the daemon's word on the pipe and exits 0 (ready) or 1 (with the reason on stderr)."""
     read_end, write_end = os.pipe()
     if os.fork() > 0:
         os.close(write_end)
-        code = _wait_for_daemon(read_end, timeout)
+        code = _wait_for_daemon(read_end, timeout, what)
         sys.stderr.flush()
         os._exit(code)  # not sys.exit: the pid file and the rest now belong to the daemon
     os.close(read_end)
@@ -226,7 +224,7 @@ def detach(workdir: str, umask: int, timeout: float) -> Readiness:
     return Readiness(write_end)
 
 
-def _wait_for_daemon(fd: int, timeout: float) -> int:
+def _wait_for_daemon(fd: int, timeout: float, what: str) -> int:
     import selectors
 
     sel = selectors.DefaultSelector()
@@ -234,7 +232,7 @@ def _wait_for_daemon(fd: int, timeout: float) -> int:
     data = b""
     while not data.endswith(b"\n"):
         if not sel.select(timeout):
-            print(f"qdeploy: error: the worker did not report ready within {timeout:g}s", file=sys.stderr)
+            print(f"qdeploy: error: the {what} did not report ready within {timeout:g}s", file=sys.stderr)
             return 1
         chunk = os.read(fd, 4096)
         if not chunk:
@@ -243,5 +241,5 @@ def _wait_for_daemon(fd: int, timeout: float) -> int:
     if data == b"ok\n":
         return 0
     _, code, reason = data.decode(errors="replace").strip().split(" ", 2) if data.startswith(b"fail ") else ("", "1", "")
-    print(f"qdeploy: error: {reason or 'the worker exited before it was ready'}", file=sys.stderr)
+    print(f"qdeploy: error: {reason or f'the {what} exited before it was ready'}", file=sys.stderr)
     return int(code) if code.isdigit() and int(code) else 1

@@ -177,7 +177,7 @@ def test_as_root_beat_drops_to_the_config_user(beats, config, world, redis_serve
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(10) == 0
     refused = run_cli("beat", "--config", str(cfg), "--uid", "root", env=env(namespace))
-    assert refused.returncode == 77 and "refusing to run as root" in refused.stderr
+    assert refused.returncode == 77 and "refusing to run beat as root" in refused.stderr
 
 
 def test_bad_entries_exit_2_with_one_line(config, namespace):
