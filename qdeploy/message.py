@@ -12,7 +12,6 @@ import json
 import os
 import socket
 import time
-import uuid
 from dataclasses import asdict, dataclass, field
 
 VERSION = 1
@@ -56,7 +55,12 @@ class Envelope:
 
 
 def new_id() -> str:
-    return str(uuid.uuid4())
+    """A random (version 4) UUID string, as str(uuid.uuid4()) but ~3x cheaper."""
+    b = bytearray(os.urandom(16))
+    b[6] = (b[6] & 0x0F) | 0x40  # version 4
+    b[8] = (b[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = b.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def build(task: str, args=(), kwargs=None, *, queue: str, task_id: str | None = None,
@@ -110,9 +114,11 @@ def decode(raw: bytes | str) -> Envelope:
         except UnicodeDecodeError:
             raise MalformedMessage("message is not UTF-8 text") from None
     try:
-        data = json.loads(raw)
+        data = json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite_float)
     except ValueError as exc:
         raise MalformedMessage(f"message is not valid JSON ({exc.args[0][:80]})") from None
+    except RecursionError:
+        raise MalformedMessage("message is nested too deeply") from None
     if not isinstance(data, dict):
         raise MalformedMessage(f"message is a JSON {type(data).__name__}, expected an object")
     version = data.get("v")
@@ -132,6 +138,17 @@ def decode(raw: bytes | str) -> Envelope:
     if not data["id"] or not data["task"]:
         raise MalformedMessage("envelope 'id' and 'task' must be non-empty")
     return Envelope(**data)
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not JSON")  # Python's json reads NaN/Infinity; encode() refuses them
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(f"number {text[:20]} is out of range")
+    return value
 
 
 def peek_id(raw: bytes | str) -> str | None:

@@ -50,6 +50,7 @@ class Consumer:
         self.heartbeat = Heartbeat(self.broker, self.owner, app.visibility_timeout) if own else None
         self.default_soft, self.default_hard = default_limits  # when a message has none
         self._next_allowed: dict[str, float] = {}
+        self._signatures: dict[Callable, inspect.Signature] = {}  # inspect.signature is slow
         self._limits: tuple = (None, None)
         self._soft_fired = False
         self._pending: tuple[str, str | None] | None = None  # (id, result) to ack with next reserve
@@ -61,7 +62,7 @@ class Consumer:
         if self.heartbeat:
             self._until_up(self.heartbeat.start, should_stop)
         self._until_up(lambda: self._leftovers(), should_stop)
-        done, idle = 0, 0.0
+        done = 0
         try:
             while True:
                 stopping = should_stop() or (max_tasks is not None and done >= max_tasks)
@@ -80,10 +81,14 @@ class Consumer:
                 if stopping:
                     break
                 if msg is None:
-                    idle = min(max(idle * 2, 0.001), self.poll_interval)
-                    time.sleep(idle)
-                    continue
-                idle = 0.0
+                    try:  # idle: block on the first queue instead of polling (see _wait)
+                        msg = self._wait()
+                    except _REDIS_DOWN as exc:
+                        self._dirty = True  # the reply may have carried an id we now hold
+                        self._wait_for_redis(exc, should_stop)
+                        continue
+                    if msg is None:
+                        continue
                 done += 1
                 self._pending = self.handle(msg)
         finally:
@@ -102,6 +107,18 @@ class Consumer:
                                   ack_result=ack_result, track=self.results.colocated)
         self._pending = None
         return msg
+
+    def _wait(self) -> Reserved | None:
+        """Nothing was ready: wait up to `poll_interval` for a message on the first (highest
+        priority) queue with BLMOVE, which moves its id into our in-flight list atomically, then
+        reserve that id (delivery count, revoked mark, RECEIVED). A new message thus starts
+        within a round trip or two; the timeout keeps lower-priority queues and due ETA
+        messages served at most `poll_interval` late, as polling did."""
+        claimed = self.broker.wait(self.id, self.queues[0], self.poll_interval)
+        if claimed is None:
+            return None
+        return self.broker.reserve(self.id, self.owner, self.queues[:1], claimed=claimed,
+                                   track=self.results.colocated)
 
     def _leftovers(self) -> None:
         moved = self.broker.requeue_consumer(self.id, unregister=False)
@@ -139,6 +156,12 @@ class Consumer:
         """Decide what to do with one reservation. Returns (id, result) to ack with the next
         reserve, or None when the message was already settled (retried, dead-lettered...)."""
         if msg.body is None:
+            if (self.results.get(msg.id) or {}).get("state") in results.READY_STATES:
+                # A copy requeued by a recovery while a slow (stopped) node still ran it; that
+                # run acked it since. Dead-lettering would overwrite its result with FAILURE.
+                log.info("dropping %s: already finished and acked (a recovered copy)", msg.id)
+                self.broker.ack(self.id, msg.id)
+                return None
             return self._dead(msg, None, "no envelope stored for this id")
         try:
             env = message.decode(msg.body)
@@ -155,8 +178,11 @@ class Consumer:
         task = self.app.tasks.get(env.task)
         if task is None:
             return self._dead(msg, env, f"unknown task {env.task!r}")
+        signature = self._signatures.get(task.fn)
+        if signature is None:
+            signature = self._signatures[task.fn] = inspect.signature(task.fn)
         try:
-            inspect.signature(task.fn).bind(*([task] if task.bind else []), *env.args, **env.kwargs)
+            signature.bind(*([task] if task.bind else []), *env.args, **env.kwargs)
         except TypeError as exc:
             return self._dead(msg, env, f"wrong arguments for {env.task}: {exc}")
         if not task.acks_late:  # at-most-once, by request: forget the message before running

@@ -1,0 +1,16 @@
+"""The Dramatiq side: Redis broker, no retries, the same no-op task (acked after it ran)."""
+
+import os
+
+import dramatiq
+from dramatiq.brokers.redis import RedisBroker
+
+from benchlib import record
+
+broker = RedisBroker(url=os.environ.get("BENCH_REDIS_URL"))
+dramatiq.set_broker(broker)
+
+
+@dramatiq.actor(queue_name="default", max_retries=0)
+def noop(i):
+    record(i)

@@ -1,0 +1,7 @@
+"""The RQ side: the same no-op task, run by `rq worker-pool` (results not kept)."""
+
+from benchlib import record
+
+
+def noop(i):
+    record(i)

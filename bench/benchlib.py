@@ -1,0 +1,235 @@
+"""Shared pieces of the benchmark: a private redis-server, the execution record, stats, memory.
+
+The execution record: every benchmark task (qdeploy and peers alike) calls `record(i)` when it
+starts, which appends `"<i> <time.time()>\\n"` to `$BENCH_RECORD_DIR/<pid>.log` with one
+unbuffered `os.write` (O_APPEND). Nothing goes through Redis, so counting costs every system the
+same ~2 µs and adds no round trip to the thing being measured; a process killed mid-run loses
+nothing it wrote. `read_records()` gives back, per task index, how many times it ran and the
+start times: exactly-once means every index 0..n-1 appears once.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+
+# -- the task side (imported by every benchmark app, inside worker processes) ----------------
+_fd: tuple[int, int] | None = None  # (pid, fd): a forked child must open its own file
+LINE = 29  # bytes per record line: "%010d %17.6f\n"
+
+
+def record(i) -> None:
+    global _fd
+    pid = os.getpid()
+    if _fd is None or _fd[0] != pid:
+        path = os.path.join(os.environ["BENCH_RECORD_DIR"], f"{pid}.log")
+        _fd = (pid, os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644))
+    os.write(_fd[1], b"%010d %17.6f\n" % (int(i), time.time()))  # fixed width: LINE bytes
+
+
+# -- the orchestrator side ---------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RedisServer:
+    """A private, non-persistent redis-server on a free port (never the one on 6379)."""
+
+    def __init__(self):
+        exe = shutil.which("redis-server")
+        if exe is None:
+            raise SystemExit("redis-server is not installed (apt-get install redis-server)")
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="qdeploy-bench-redis-"))
+        self.proc = subprocess.Popen(
+            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.dir), "--maxclients", "1000"],
+            stdout=open(self.dir / "redis.log", "ab"), stderr=subprocess.STDOUT)
+        import redis
+
+        self.client = redis.Redis(port=self.port)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                self.client.ping()
+                break
+            except redis.ConnectionError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"redis-server did not start: {(self.dir / 'redis.log').read_text()[-400:]}")
+                time.sleep(0.02)
+        self.version = self.client.info("server")["redis_version"]
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def flush(self) -> None:
+        self.client.flushall()
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Records:
+    """A fresh record directory for one measurement."""
+
+    def __init__(self):
+        self.dir = Path(tempfile.mkdtemp(prefix="qdeploy-bench-rec-"))
+
+    def read(self) -> dict[int, list[float]]:
+        runs: dict[int, list[float]] = {}
+        for path in self.dir.glob("*.log"):
+            for line in path.read_bytes().splitlines():
+                i, t = line.split()
+                runs.setdefault(int(i), []).append(float(t))
+        return runs
+
+    def count(self) -> int:
+        """Records so far, from file sizes only (cheap even with thousands of child files)."""
+        total = 0
+        with os.scandir(self.dir) as it:
+            for entry in it:
+                total += entry.stat().st_size
+        return total // LINE
+
+    def wait_for(self, n: int, timeout: float, poll: float = 0.05) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.count() >= n:
+                return True
+            time.sleep(poll)
+        return self.count() >= n
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def verify(runs: dict[int, list[float]], n: int) -> dict:
+    """Exactly-once check over task indices 0..n-1."""
+    lost = [i for i in range(n) if i not in runs]
+    dups = [i for i, ts in runs.items() if len(ts) > 1]
+    return {"expected": n, "ran": sum(len(t) for t in runs.values()), "lost": len(lost),
+            "duplicates": len(dups), "exactly_once": not lost and not dups}
+
+
+def drain_rate(runs: dict[int, list[float]]) -> float:
+    """Tasks per second between the first and the last task start (worker start-up excluded)."""
+    starts = sorted(t for ts in runs.values() for t in ts)
+    if len(starts) < 2 or starts[-1] <= starts[0]:
+        return 0.0
+    return (len(starts) - 1) / (starts[-1] - starts[0])
+
+
+class Worker:
+    """A worker command line run as a process group we can stop as a whole."""
+
+    def __init__(self, argv: list[str], env: dict, log_path: Path, cwd: Path = BENCH_DIR):
+        self.argv, self.log_path = argv, log_path
+        self.started = time.time()
+        self.proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=open(log_path, "ab"),
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.proc.send_signal(signal.SIGTERM)
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        try:  # whatever is left of the group (children of peers' pools, work horses)
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def tail(self, n: int = 1500) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-n:]
+        except OSError:
+            return ""
+
+
+def memory(pid: int) -> dict:
+    """Master RSS and per-child USS (MiB) of a process tree (direct children only)."""
+    import psutil
+
+    try:
+        master = psutil.Process(pid)
+        children = master.children(recursive=False)
+        uss = []
+        for c in children:
+            try:
+                uss.append(c.memory_full_info().uss / 2**20)
+            except psutil.Error:
+                pass
+        return {"master_rss_mib": master.memory_info().rss / 2**20,
+                "master_uss_mib": master.memory_full_info().uss / 2**20,
+                "children": len(uss),
+                "child_uss_mib": statistics.median(uss) if uss else None}
+    except psutil.Error as exc:
+        return {"error": str(exc)}
+
+
+def median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def percentile(values, p: float):
+    values = sorted(values)
+    if not values:
+        return None
+    k = (len(values) - 1) * p
+    lo, hi = int(k), min(int(k) + 1, len(values) - 1)
+    return values[lo] + (values[hi] - values[lo]) * (k - lo)
+
+
+def machine() -> dict:
+    model = ""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"nproc": os.cpu_count(), "cpu": model, "python": sys.version.split()[0],
+            "platform": sys.platform, "loadavg_start": os.getloadavg()}
+
+
+def base_env(redis_url: str, records: Records | None) -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(BENCH_DIR), str(REPO), env.get("PYTHONPATH")]))
+    env["BENCH_REDIS_URL"] = redis_url
+    env["PYTHONUNBUFFERED"] = "1"
+    if records is not None:
+        env["BENCH_RECORD_DIR"] = str(records.dir)
+    return env
