@@ -15,9 +15,9 @@ def main() -> None:
 
 
 def _register() -> None:
-    from qdeploy.cli import beat, multi, ops, package, render, runtime, worker
+    from qdeploy.cli import beat, multi, ops, package, render, runtime, verify, worker
 
-    for module in (render, runtime, worker, package, multi, beat, ops):
+    for module in (render, runtime, worker, package, multi, beat, ops, verify):
         for command in module.COMMANDS:
             main.add_command(command)
 

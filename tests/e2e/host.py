@@ -123,13 +123,15 @@ class Host:
 
     @classmethod
     @contextlib.contextmanager
-    def boot(cls, name: str):
+    def boot(cls, name: str, bind_ro: tuple[str | Path, ...] = ()):
+        """Boot a fresh overlay; `bind_ro` host paths appear read-only at the same path inside
+        (e.g. the test venv and its interpreter, to run tools there without a network)."""
         base = rootfs()
         workdir = Path(tempfile.mkdtemp(prefix=f"qdeploy-host-{name}-"))
         host = cls(name, workdir)
         try:
             host._prepare(base)
-            host._start()
+            host._start(bind_ro)
             yield host
         finally:
             host.shutdown()
@@ -149,10 +151,11 @@ class Host:
         _log(f"overlayfs unavailable ({result.stderr.strip()}); copying the rootfs")
         subprocess.run(["cp", "-a", "--reflink=auto", f"{base}/.", str(self.root)], check=True)
 
-    def _start(self) -> None:
+    def _start(self, bind_ro: tuple[str | Path, ...] = ()) -> None:
         started = time.monotonic()
         cmd = ["systemd-nspawn", "--boot", "--register=no", "--keep-unit", "--quiet",
-               "--console=read-only", "-D", str(self.root), f"--machine={self.name}"]
+               "--console=read-only", "-D", str(self.root), f"--machine={self.name}",
+               *(f"--bind-ro={path}" for path in bind_ro)]
         log = self.console.open("wb")
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
