@@ -128,7 +128,7 @@ def _known(key: str, source: str) -> str:
     if close and close[0] not in BY_KEY and close[0] != "node":
         close = [next(s.key for s in SETTINGS if s.name == close[0])]
     hint = f" (did you mean '{close[0]}'?)" if close else ""
-    raise ConfigError(f"{source}: unknown key '{key}'{hint}")
+    raise ConfigError(f"{source}: unknown key {_quoted(key)}{hint}")
 
 
 def _parse(key: str, value: Any, source: str) -> Any:
@@ -143,7 +143,7 @@ def _parse_overrides(raw: Any, names: list[str], source: str) -> dict[str, dict[
         raise ConfigError(f"{source}: node: expected tables like [node.2] or [node.\"1-3\"]")
     overrides = {}
     for selector, table in raw.items():
-        where = f"{source}: [node.{selector}]"
+        where = f"{source}: [node.{selector if selector.isprintable() else repr(selector)}]"
         try:
             nodes_mod.select(selector, names)
         except ValueError as exc:
@@ -156,10 +156,15 @@ def _parse_overrides(raw: Any, names: list[str], source: str) -> dict[str, dict[
                 close = difflib.get_close_matches(name, list(NODE_SETTINGS), n=1, cutoff=0.6)
                 hint = f" (did you mean '{close[0]}'?)" if close else ""
                 allowed = ", ".join(NODE_SETTINGS)
-                raise ConfigError(f"{where}: unknown per-node key '{name}'{hint}; per-node keys: {allowed}")
+                raise ConfigError(f"{where}: unknown per-node key {_quoted(name)}{hint}; per-node keys: {allowed}")
             values[name] = _parse(f"worker.{name}", value, where)
         overrides[str(selector)] = values
     return overrides
+
+
+def _quoted(name: str) -> str:
+    """'name', or its repr when it holds control characters (one line, no terminal escapes)."""
+    return f"'{name}'" if name.isprintable() else repr(name)
 
 
 def _show(value: Any) -> str:

@@ -190,6 +190,26 @@ class ControlServer:
         except _DOWN + (redis.RedisError,) as exc:
             log.warning("control channel lost (%s): reconnecting", exc)
             self._drop()
+            return
+        self._track_socket()
+
+    def _track_socket(self) -> None:
+        """redis-py may reconnect a pub/sub connection by itself, closing the old socket: keep the
+        selector in step before the master reuses that fd number for a child's pipe."""
+        sock = getattr(getattr(self.pubsub, "connection", None), "_sock", None)
+        fd = sock.fileno() if sock is not None else None
+        if fd == self.fd:
+            return
+        if self.fd is not None:
+            try:
+                self.master.selector.unregister(self.fd)
+            except (KeyError, ValueError):
+                pass
+        self.fd = fd
+        if fd is None:
+            self._drop()
+        else:
+            self.master.selector.register(fd, selectors.EVENT_READ, self)
 
     def handle(self, rid: bytes) -> None:
         rid = rid.decode(errors="replace") if isinstance(rid, bytes) else str(rid)

@@ -61,6 +61,7 @@ class Master:
         self.started = time.time()
         self.exit_code = 0
         self.selector = selectors.DefaultSelector()
+        self.unrequeued: set[str] = set()  # dead children's consumers whose requeue failed (Redis down)
         self._next_beat = self._next_memory_check = 0.0
 
     # -- start and the loop ------------------------------------------------------------------
@@ -293,10 +294,14 @@ class Master:
 
     def requeue(self, cid: str) -> int:
         try:
-            return self.broker.requeue_consumer(cid)
+            moved = self.broker.requeue_consumer(cid)
         except _REDIS_DOWN as exc:
-            log.error("cannot requeue tasks of %s now (%s): recovered after the visibility timeout", cid, exc)
+            # Our heartbeat lives on, so no other node would ever recover these: beat() retries.
+            log.error("cannot requeue tasks of %s now (%s): retrying", cid, exc)
+            self.unrequeued.add(cid)
             return 0
+        self.unrequeued.discard(cid)
+        return moved
 
     def fail_task(self, task, exc_type: str, reason: str) -> None:
         """A task the master killed is marked FAILURE and acked: never redelivered forever."""
@@ -370,6 +375,9 @@ class Master:
         self._next_beat = now + HEARTBEAT_EVERY
         info = {k: v for k, v in self.state().items() if k != "children"}
         info["host"] = self.opts.owner.partition("@")[2]
+        for cid in list(self.unrequeued):
+            if moved := self.requeue(cid):
+                log.warning("requeued %d task(s) of %s (after the broker came back)", moved, cid)
         try:
             self.broker.heartbeat(self.opts.owner, self.app.visibility_timeout, info)
             if not self.stopping:
