@@ -12,6 +12,7 @@ Accepted forms (documented in docs/protocol.md):
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -87,6 +88,25 @@ def parse_sentinel_url(url: str) -> SentinelSpec:
                         ssl=parts.scheme == "sentinels", options=query)
 
 
+def _quiet_handshake() -> dict:
+    """redis-py >= 7 sends CLIENT SETINFO twice and CLIENT MAINT_NOTIFICATIONS after connecting:
+    three round trips each time a recycled child connects. Skip them where the client allows."""
+    params = inspect.signature(redis.Redis.__init__).parameters
+    quiet = {}
+    if "maint_notifications_config" in params:
+        from redis.maint_notifications import MaintNotificationsConfig
+
+        quiet["maint_notifications_config"] = MaintNotificationsConfig(enabled=False)
+    if "driver_info" in params:  # redis-py 8: None = no CLIENT SETINFO
+        quiet["driver_info"] = None
+    elif "lib_name" in params:
+        quiet.update(lib_name=None, lib_version=None)
+    return quiet
+
+
+QUIET_HANDSHAKE = _quiet_handshake()
+
+
 def connect(url: str, *, retries: int = 2, socket_timeout: float = 10.0,
             connect_timeout: float = 5.0, client_name: str | None = None) -> redis.Redis:
     """A client for `url`. Nothing is sent yet: call `.ping()` to check reachability.
@@ -102,7 +122,7 @@ def connect(url: str, *, retries: int = 2, socket_timeout: float = 10.0,
                              f"(use one of {', '.join(s + '://' for s in SCHEMES)})")
     common = dict(socket_timeout=socket_timeout, socket_connect_timeout=connect_timeout,
                   retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries),
-                  client_name=client_name, health_check_interval=30)
+                  client_name=client_name, health_check_interval=30, **QUIET_HANDSHAKE)
     if scheme.startswith("sentinel"):
         spec = parse_sentinel_url(url)
         skw = {k: v for k, v in (("username", spec.sentinel_username),

@@ -1,25 +1,49 @@
 """The `qdeploy` command line: click commands that parse, call the library, and print.
 
-Each job lives in its own module (`render`, `runtime`, ...); this package only assembles them.
+Each job lives in its own module (`render`, `worker`, ...); this package only assembles them,
+lazily: `qdeploy worker` imports the worker's module and not Jinja2, the packager or beat, which
+keeps start-up (and the master the children are forked from) small.
 """
+
+import importlib
 
 import click
 
 from qdeploy import __version__
 
+# command name -> the module under qdeploy.cli that defines it (listed in its COMMANDS)
+COMMAND_MODULES = {
+    "render": "render",
+    "worker": "worker",
+    "beat": "beat",
+    "schedule": "beat",
+    "multi": "multi",
+    "enqueue": "runtime",
+    "result": "runtime",
+    "status": "ops",
+    "inspect": "ops",
+    "control": "ops",
+    "queues": "ops",
+    "dead-letter": "ops",
+    "purge": "ops",
+    "dashboard": "ops",
+    "package": "package",
+    "verify": "verify",
+}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMAND_MODULES)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMAND_MODULES:
+            return None
+        module = importlib.import_module(f"qdeploy.cli.{COMMAND_MODULES[name]}")
+        return next(command for command in module.COMMANDS if command.name == name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="qdeploy")
 def main() -> None:
     """Run a Redis-backed task queue in production, and deploy it."""
-
-
-def _register() -> None:
-    from qdeploy.cli import beat, multi, ops, package, render, runtime, verify, worker
-
-    for module in (render, runtime, worker, package, multi, beat, ops, verify):
-        for command in module.COMMANDS:
-            main.add_command(command)
-
-
-_register()

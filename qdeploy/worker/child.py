@@ -37,9 +37,11 @@ class Consumer:
     def __init__(self, app: App, queues: list[str], consumer_id: str, *, owner: str | None = None,
                  on_task_start: Callable | None = None, on_task_done: Callable | None = None,
                  poll_interval: float = 0.1, heartbeat: bool | None = None,
-                 broker: Broker | None = None, default_limits: tuple = (None, None)):
+                 broker: Broker | None = None, default_limits: tuple = (None, None),
+                 fresh: bool = False):
         if not queues:
             raise ValueError("a consumer needs at least one queue")
+        self.fresh = fresh
         self.app, self.queues, self.id = app, list(queues), consumer_id
         self.owner = owner or consumer_id
         self.on_task_start, self.on_task_done = on_task_start, on_task_done
@@ -61,7 +63,8 @@ class Consumer:
         """Consume until `should_stop()` or `max_tasks` tasks; returns how many were handled."""
         if self.heartbeat:
             self._until_up(self.heartbeat.start, should_stop)
-        self._until_up(lambda: self._leftovers(), should_stop)
+        if not self.fresh:  # an identity never used before holds nothing: skip the round trip
+            self._until_up(lambda: self._leftovers(), should_stop)
         done = 0
         try:
             while True:

@@ -12,6 +12,7 @@ does the work: `reap_children`, `murder_children` (hard time/memory limits), `ma
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -180,6 +181,7 @@ class Master:
         self.spawned += 1
         base = f"{self.opts.owner}/{os.getpid()}.{self.spawned}"
         cids = [base] if self.opts.threads == 1 else [f"{base}-t{k}" for k in range(1, self.opts.threads + 1)]
+        gc.freeze()  # the master's objects go to a permanent generation: a child's GC leaves them be
         pid = os.fork()
         if pid == 0:
             os.close(events_r)

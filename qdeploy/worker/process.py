@@ -28,11 +28,15 @@ PR_SET_PDEATHSIG = 1
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
+try:
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl  # loaded once, in the master, before forking
+except (OSError, AttributeError):  # not Linux: the control pipe's EOF still stops a child
+    _prctl = None
+
+
 def set_pdeathsig(sig: int = signal.SIGKILL) -> None:
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
-    except (OSError, AttributeError):  # not Linux: the control pipe's EOF still stops the child
-        pass
+    if _prctl is not None:
+        _prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
 
 
 def rss_kib() -> int:
@@ -145,7 +149,7 @@ def _consume(app, opts: WorkerOptions, cids: list[str], link: ChildLink) -> int:
 
     try:
         consumers = [
-            Consumer(app, opts.queues, cid, owner=opts.owner, heartbeat=False,
+            Consumer(app, opts.queues, cid, owner=opts.owner, heartbeat=False, fresh=True,
                      default_limits=(opts.soft_time_limit or None, opts.time_limit or None), **link.hooks(cid))
             for cid in cids
         ]

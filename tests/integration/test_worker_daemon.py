@@ -115,8 +115,11 @@ def test_detach_reports_why_it_could_not_start(redis_server, namespace, world):
 
 
 def test_detach_failure_after_the_fork_reaches_the_parent(redis_server, namespace, world):
-    done = worker_cmd(redis_server, namespace, "--allow-root", "--detach", "-c", "1",
+    pidfile = world / "y.pid"
+    done = worker_cmd(redis_server, namespace, "--allow-root", "--detach", "-c", "1", "--pidfile", str(pidfile),
                       "--logfile", str(world / "y.log"), env={"QDEPLOY_TEST_CHILD_BOOT_FAILS": "1"}, timeout=60)
+    if pidfile.exists():  # a daemon that wrongly came up must not outlive the test
+        os.kill(int(pidfile.read_text()), signal.SIGKILL)
     assert done.returncode == 3
     assert "children keep failing to start" in done.stderr
 
