@@ -2,6 +2,7 @@
 result backend, the same no-op task."""
 
 import os
+import time
 
 from celery import Celery
 
@@ -20,4 +21,11 @@ app.conf.update(
 
 @app.task(name="bench.noop")
 def noop(i):
+    record(i)
+
+
+@app.task(name="bench.io")
+def io(i, seconds):
+    """I/O-bound: wait like an HTTP call or an SMTP send would (bench/io.py)."""
+    time.sleep(seconds)
     record(i)

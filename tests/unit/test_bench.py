@@ -62,3 +62,16 @@ def test_tiny_run_of_the_bench():
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "| drain 300 no-op tasks" in proc.stdout
     assert "no task lost or run twice" in proc.stdout
+
+
+def test_tiny_io_bound_run_threads_beat_prefork():
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "io.py"), "--qdeploy-only", "--tasks", "40", "--seconds", "0.1", "--threads", "10"],
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = {line.split("|")[1].strip(): line.split("|")[2:] for line in proc.stdout.splitlines()
+            if line.startswith("| qdeploy")}
+    prefork, threads = float(rows["qdeploy prefork -c 2"][0]), float(rows["qdeploy -c 2 --threads 10"][0])
+    assert prefork >= 40 * 0.1 / 2, "two at a time cannot beat the ideal"
+    assert all(row[3].strip() == "True" for row in rows.values()), "every task ran exactly once"
+    assert threads < prefork
