@@ -29,6 +29,11 @@ from qdeploy.connection import connect
 from qdeploy.results import AsyncResult, Results
 
 DEFAULT_BROKER = "redis://127.0.0.1:6379/0"
+PING_TASK = "qdeploy.ping"
+
+
+def _ping() -> str:
+    return "pong"
 
 
 class SoftTimeLimitExceeded(Exception):
@@ -190,6 +195,7 @@ class App:
         self.broker_url = self.broker or os.environ.get("QDEPLOY_BROKER") or DEFAULT_BROKER
         self._broker: Broker | None = None
         self._results: Results | None = None
+        self.task(name=PING_TASK)(_ping)  # every app answers it: `qdeploy verify`'s round trip
 
     def __hash__(self):
         return id(self)

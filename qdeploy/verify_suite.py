@@ -163,6 +163,31 @@ def test_workers_answer(host, cfg, workers):
                                f"(online: {', '.join(sorted(online)) or 'none'}) {result.stderr.strip()}"
 
 
+def test_pid_files_name_live_processes(host, cfg):
+    """systemd needs no pid files; where init.d or `qdeploy multi` left some, none is stale."""
+    listing = host.run(f"find {shlex.quote(cfg['pid_dir'])} -maxdepth 1 -name '*.pid' -type f")
+    stale = []
+    for path in listing.stdout.split():
+        pid = host.file(path).content_string.strip()
+        if not pid.isdigit() or not host.file(f"/proc/{pid}").exists:
+            stale.append(f"{path} ({pid or 'empty'})")
+    assert not stale, f"stale pid files: {', '.join(stale)}"
+
+
+def test_task_round_trip(host, cfg, workers):
+    """A task sent from the host through its broker comes back done: the built-in qdeploy.ping,
+    on the first queue of the first node."""
+    if not workers:
+        pytest.skip("no worker nodes on this host (--no-workers)")
+    env = " ".join(shlex.quote(f"{k}={v}") for k, v in cfg["env"].items())
+    queue = cfg.node(cfg.nodes[0])["queues"][0]
+    cmd = (f"env {env} {shlex.quote(cfg['executable'])} enqueue qdeploy.ping --wait --timeout 30"
+           f" -q {shlex.quote(queue)} -A {shlex.quote(cfg['app'])} -b {shlex.quote(cfg['broker'])}")
+    result = host.run(cmd)
+    assert result.rc == 0 and result.stdout.splitlines()[-1:] == ['SUCCESS "pong"'], \
+        f"qdeploy.ping on queue {queue}: {result.stdout.strip()} {result.stderr.strip()}"
+
+
 def _tmpfiles_dirs(cfg) -> list[tuple[str, int, str, str]]:
     (tmpfiles,) = [f for f in render_mod.render(cfg) if f.target == "tmpfiles"] or [None]
     if tmpfiles is None:

@@ -93,6 +93,8 @@ class ChildLink:
             if soft and threading.current_thread() is not threading.main_thread():
                 self.running[threading.get_ident()] = (time.monotonic() + soft, task_id)
             self.send(f"S {task_id} {limits.get('hard') or self.hard or 0} {cid}")
+            if self.max_tasks and self.started == self.max_tasks:  # the last one: the master can
+                self.send(f"R max_tasks_per_child {self.max_tasks} reached")  # fork the successor now
             if self.opts.threads == 1:
                 set_title(f"qdeploy worker {self.opts.node} child {self.slot}: {name}[{task_id}]")
 
