@@ -109,7 +109,8 @@ def test_vagrantfile_validates(tmp_path):
         pytest.fail("vagrant is not installed (apt-get install -y vagrant)")
     deb = tmp_path / "qdeploy.deb"
     deb.write_bytes(b"")
-    env = dict(os.environ, QDEPLOY_DEB=str(deb), QDEPLOY_WORKERS="2", VAGRANT_HOME=str(tmp_path / "home"))
+    env = dict(os.environ, QDEPLOY_DEB=str(deb), QDEPLOY_WORKERS="2", VAGRANT_HOME=str(tmp_path / "home"),
+               VAGRANT_DOTFILE_PATH=str(tmp_path / ".vagrant"))
     result = subprocess.run([vagrant, "validate", "--ignore-provider"], cwd=REPO, env=env,
                             capture_output=True, text=True, timeout=180)
     assert result.returncode == 0 and "Vagrantfile validated successfully." in result.stdout, \
