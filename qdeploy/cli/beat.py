@@ -11,23 +11,16 @@ import click
 import redis
 
 from qdeploy import daemon
-from qdeploy.cli.common import config_option, fail, load_config, setting_options
+from qdeploy.cli.common import SERVICE_KEYS, config_option, daemon_options, fail, load_config, setting_options
 from qdeploy.connection import BrokerURLError, redact
 
-BEAT_KEYS = ["app", "broker", "workdir", "umask", "log_dir", "pid_dir", "state_dir", "log_level"]
 EX_USAGE, EX_UNAVAILABLE = 2, 3
 
 
 @click.command()
 @config_option
-@click.option("--uid", metavar="USER", help="Run as USER (started as root: dirs and log file are created first).")
-@click.option("--gid", metavar="GROUP", help="Run as GROUP.")
-@click.option("--allow-root", is_flag=True, help="Allow running as root.")
-@click.option("--pidfile", metavar="FILE", help="Pid file, locked while running.")
-@click.option("--logfile", metavar="FILE", help="Log file (%n %h expanded). Default: stderr.")
-@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
-@click.option("--detach", is_flag=True, help="Run in the background; exit 0 only once beat is ready.")
-@setting_options(BEAT_KEYS)
+@daemon_options("beat", "beat", "Log file (%n %h expanded). Default: stderr.")
+@setting_options(SERVICE_KEYS)
 def beat(config_file, uid, gid, allow_root, pidfile, logfile, log_format, detach, **settings):
     """Run the periodic task scheduler. Any number may run: one leads and sends, each run once."""
     from qdeploy import beatboot

@@ -52,3 +52,27 @@ config_option = click.option(
     "--config", "config_file", metavar="FILE", default=None,
     help="Config file (default: $QDEPLOY_CONFIG, ./qdeploy.toml, /etc/qdeploy/qdeploy.toml).",
 )
+
+
+# Settings every long-running service (worker, beat) takes as flags.
+SERVICE_KEYS = ["app", "broker", "workdir", "umask", "log_dir", "pid_dir", "state_dir", "log_level"]
+
+
+def daemon_options(service: str, as_root: str, logfile_help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The daemon duties' flags, the same for `qdeploy worker` and `qdeploy beat`."""
+    options = [
+        click.option("--uid", metavar="USER", help="Run as USER (started as root: dirs and log file are created first)."),
+        click.option("--gid", metavar="GROUP", help="Run as GROUP."),
+        click.option("--allow-root", is_flag=True, help=f"Allow running {as_root} as root."),
+        click.option("--pidfile", metavar="FILE", help="Pid file (%n %h expanded), locked while running."),
+        click.option("--logfile", metavar="FILE", help=logfile_help),
+        click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True),
+        click.option("--detach", is_flag=True, help=f"Run in the background; exit 0 only once the {service} is ready."),
+    ]
+
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(options):
+            func = option(func)
+        return func
+
+    return decorate

@@ -5,28 +5,19 @@ from __future__ import annotations
 import click
 
 from qdeploy import daemon
-from qdeploy.cli.common import config_option, fail, load_config, setting_options
+from qdeploy.cli.common import SERVICE_KEYS, config_option, daemon_options, fail, load_config, setting_options
 from qdeploy.config import ConfigError
 from qdeploy.datatypes import NODE_NAME
 from qdeploy.settings import SETTINGS
 
-WORKER_KEYS = [
-    s.key for s in SETTINGS
-    if s.flag and (s.per_node or s.key in ("app", "broker", "workdir", "umask", "log_dir", "pid_dir", "state_dir", "log_level"))
-]
+WORKER_KEYS = [s.key for s in SETTINGS if s.flag and (s.per_node or s.key in SERVICE_KEYS)]
 
 
 @click.command()
 @config_option
 @click.option("--node", metavar="NAME", help="Take node NAME's options from the config (as the rendered services do).")
 @click.option("-n", "--hostname", metavar="NAME@HOST", help="Node identity, e.g. w1@%h (default NODE@hostname).")
-@click.option("--uid", metavar="USER", help="Run as USER (started as root: dirs and log file are created first).")
-@click.option("--gid", metavar="GROUP", help="Run as GROUP.")
-@click.option("--allow-root", is_flag=True, help="Allow running tasks as root.")
-@click.option("--pidfile", metavar="FILE", help="Pid file (%n %h expanded), locked while running.")
-@click.option("--logfile", metavar="FILE", help="Log file (%n %h %i %I expanded; %i/%I: one file per child). Default: stderr.")
-@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
-@click.option("--detach", is_flag=True, help="Run in the background; exit 0 only once the worker is ready.")
+@daemon_options("worker", "tasks", "Log file (%n %h %i %I expanded; %i/%I: one file per child). Default: stderr.")
 @click.option("--max-tasks-jitter", type=click.FloatRange(0, 0.9), default=0.1, show_default=True,
               help="Spread max-tasks-per-child by ± this fraction so children don't recycle together.")
 @click.option("--max-memory-per-child-hard", metavar="SIZE", default=None,
