@@ -19,7 +19,7 @@ import zlib
 import pytest
 
 from tests.integration.conftest import REPO, free_port, redis_server, wait_until  # noqa: F401 - fixture
-from tests.integration.test_worker import Master
+from tests.integration.workers import Master
 
 CHROMIUM = shutil.which("chromium")
 

@@ -222,3 +222,28 @@ def argv_of(proc) -> list[str]:
     if title.startswith("qdeploy worker ") and " master: " in title:
         return shlex.split(title.partition(" master: ")[2])
     return cmdline
+
+
+@pytest.fixture
+def tapp(redis_server, namespace):
+    """A producer app for tests/integration/tasks.py's tasks, in this test's namespace."""
+    return App("itest", broker=redis_server.url, namespace=namespace)
+
+
+@pytest.fixture
+def masters(redis_server, namespace, tmp_path):
+    """Start real `qdeploy worker` masters (with --allow-root unless root=True); killed at the end."""
+    from tests.integration.workers import Master
+
+    started: list = []
+
+    def start(*args, root=False, **kw):
+        m = Master(redis_server.url, namespace, tmp_path, *([] if root else ["--allow-root"]), *args, **kw)
+        started.append(m)
+        return m
+
+    yield start
+    for m in started:
+        if m.proc.poll() is None:
+            m.proc.kill()
+            m.proc.wait()

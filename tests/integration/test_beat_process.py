@@ -20,7 +20,7 @@ import pytest
 from qdeploy.beatstore import BeatStore
 from qdeploy.broker import Broker
 from tests.integration.conftest import REPO, free_port, run_cli, wait_until
-from tests.integration.test_worker import Notify
+from tests.integration.workers import Notify
 
 SENT = re.compile(r"sent (\S+): \S+\[([0-9a-f-]+)\] to \S+ \(slot ([^,)]+)")
 

@@ -14,7 +14,6 @@ import pytest
 from qdeploy.broker import Broker
 from qdeploy.control import Control
 from tests.integration.conftest import run_cli, wait_until
-from tests.integration.test_worker import masters, tapp  # noqa: F401 - fixtures
 
 
 @pytest.fixture

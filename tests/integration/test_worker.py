@@ -6,104 +6,13 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
-import subprocess
-import sys
-import tempfile
 import time
 
 import psutil
 import pytest
 
-from qdeploy import App
-from tests.integration.conftest import REPO, wait_until
-
-
-class Notify:
-    """A datagram socket standing in for systemd's notify socket."""
-
-    def __init__(self):
-        directory = tempfile.mkdtemp(prefix="qdeploy-notify-")
-        os.chmod(directory, 0o755)  # a worker that dropped privileges must still reach it
-        self.path = os.path.join(directory, "notify")
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(self.path)
-        os.chmod(self.path, 0o666)
-        self.messages: list[str] = []
-
-    def wait_for(self, text: str, timeout: float = 15.0) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for message in self.messages:
-                if text in message:
-                    return message
-            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
-            try:
-                self.messages.append(self.sock.recv(4096).decode())
-            except TimeoutError:
-                break
-        raise AssertionError(f"no {text!r} from the worker; got {self.messages}")
-
-
-class Master:
-    def __init__(self, url, namespace, tmp_path, *args, env=None, notify=True):
-        self.notify = Notify() if notify else None
-        environ = dict(os.environ, QDEPLOY_NAMESPACE=namespace, QDEPLOY_BROKER=url,
-                       PYTHONPATH=str(REPO), **(env or {}))
-        environ.pop("QDEPLOY_CONFIG", None)
-        if self.notify:
-            environ["NOTIFY_SOCKET"] = self.notify.path
-        self.argv = [sys.executable, "-m", "qdeploy", "worker", "-A", "tests.integration.tasks:app", "-l", "info",
-                     "-n", f"m{time.monotonic_ns()}@test", *args]
-        self.proc = subprocess.Popen(self.argv, env=environ, cwd=tmp_path, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True)
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def ready(self) -> Master:
-        self.notify.wait_for("READY=1")
-        return self
-
-    def children(self) -> list[psutil.Process]:
-        return psutil.Process(self.pid).children()
-
-    def signal(self, sig) -> None:
-        self.proc.send_signal(sig)
-
-    def wait(self, timeout=30) -> int:
-        return self.proc.wait(timeout)
-
-    def output(self) -> str:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        return self.proc.communicate(timeout=10)[0]
-
-
-@pytest.fixture
-def masters(redis_server, namespace, tmp_path):
-    started: list[Master] = []
-
-    def start(*args, root=False, **kw) -> Master:
-        m = Master(redis_server.url, namespace, tmp_path, *([] if root else ["--allow-root"]), *args, **kw)
-        started.append(m)
-        return m
-
-    yield start
-    for m in started:
-        if m.proc.poll() is None:
-            m.proc.kill()
-            m.proc.wait()
-
-
-@pytest.fixture
-def tapp(redis_server, namespace):
-    return App("itest", broker=redis_server.url, namespace=namespace)
-
-
-def runs(rclient, namespace, tag) -> int:
-    return int(rclient.get(f"{namespace}:test:runs:{tag}") or 0)
+from tests.integration.conftest import wait_until
+from tests.integration.workers import runs
 
 
 def test_pool_runs_tasks_in_children_and_notifies(masters, tapp):

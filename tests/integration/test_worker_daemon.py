@@ -15,7 +15,7 @@ import pytest
 
 from qdeploy import daemon
 from tests.integration.conftest import REPO, free_port, wait_until
-from tests.integration.test_worker import masters, runs, tapp  # noqa: F401 - fixtures
+from tests.integration.workers import runs
 
 
 @pytest.fixture

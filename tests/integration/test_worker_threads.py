@@ -9,7 +9,7 @@ import time
 import psutil
 
 from tests.integration.conftest import wait_until
-from tests.integration.test_worker import masters, runs, tapp  # noqa: F401 - fixtures
+from tests.integration.workers import runs
 
 
 def test_io_bound_tasks_run_concurrently(masters, tapp, rclient, namespace):
