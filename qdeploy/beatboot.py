@@ -76,6 +76,7 @@ def static_entries(app, cfg) -> tuple[dict, object]:
 
 def run(opts: BeatOptions) -> int:
     """Boot and run beat; returns the exit code."""
+    service.check_config_file(opts.config.source)
     app = service.load(opts)
     entries, tz = static_entries(app, opts.config)  # bad entries: exit 2 before any side effect
     notifier = Notifier()

@@ -12,6 +12,9 @@ import socket
 import time
 
 
+SEND_TIMEOUT = 0.5  # seconds
+
+
 class Notifier:
     def __init__(self, environ: dict[str, str] | None = None):
         environ = os.environ if environ is None else environ
@@ -38,6 +41,8 @@ class Notifier:
         try:
             if self._sock is None:
                 self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+                # a manager that stops reading must not freeze the master (heartbeat, reaping)
+                self._sock.settimeout(SEND_TIMEOUT)
             self._sock.sendto(payload, self.address)
             return True
         except OSError:

@@ -29,6 +29,19 @@ class BootError(daemon.DaemonError):
     pass
 
 
+def check_config_file(path: str | None) -> None:
+    """As root, a config that anyone but root can change picks the user, app and argv that root
+    starts: refuse it, as the init scripts do (exit 77)."""
+    if os.geteuid() != 0 or not path:
+        return
+    st = os.stat(path)
+    if st.st_uid != 0:
+        raise BootError(f"refusing config {path}: owned by uid {st.st_uid}, not root", daemon.EX_NOPERM)
+    if st.st_mode & 0o022:
+        raise BootError(f"refusing config {path}: group/world-writable (mode {st.st_mode & 0o7777:04o}); "
+                        f"chmod go-w {path}", daemon.EX_NOPERM)
+
+
 def load(opts):
     """Change into the workdir (when one was configured) and import the app, applying -b."""
     if opts.chdir:

@@ -24,6 +24,7 @@ log = logging.getLogger("qdeploy.worker")
 def run(opts: WorkerOptions) -> int:
     """Boot and run a worker node; returns the exit code."""
     reexec = json.loads(os.environ[ADOPT_ENV]) if ADOPT_ENV in os.environ else None
+    service.check_config_file(opts.config_file)
     app = service.load(opts)
     notifier = Notifier()
     target = None if reexec else service.identity(opts, "tasks")

@@ -44,6 +44,7 @@ class WorkerOptions:
     pid_dir: str
     state_dir: str
     start_timeout: float = 30.0
+    config_file: str | None = None  # the file the config came from, if any
 
     def title(self) -> str:
         return f"qdeploy worker {self.node} master"
@@ -94,4 +95,5 @@ def resolve(cfg: Config, node: str | None, *, name: str | None = None, hostname:
         log_dir=cfg["log_dir"],
         pid_dir=cfg["pid_dir"],
         state_dir=cfg["state_dir"],
+        config_file=cfg.source,
     )

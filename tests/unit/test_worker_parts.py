@@ -65,3 +65,23 @@ def test_broker_only_overrides_the_app_when_given(isolated):
     assert options.resolve(config.load(environ={}), None).broker is None
     given = config.load(environ={"QDEPLOY_BROKER": "redis://10.1.2.3:6379/1"})
     assert options.resolve(given, None).broker == "redis://10.1.2.3:6379/1"
+
+
+def test_notifier_never_blocks_on_a_full_socket(tmp_path):
+    import socket
+    import time
+
+    from qdeploy.sdnotify import SEND_TIMEOUT, Notifier
+
+    path = str(tmp_path / "notify")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(path)  # never read: its queue fills up
+    notifier = Notifier({"NOTIFY_SOCKET": path})
+    for sent in range(10_000):
+        began = time.monotonic()
+        if not notifier.status("x" * 1000):
+            break
+    else:
+        raise AssertionError("the socket's queue never filled")
+    assert sent > 0 and time.monotonic() - began < SEND_TIMEOUT + 1, "a full queue costs one timeout, then gives up"
+    listener.close()
