@@ -9,7 +9,6 @@ from __future__ import annotations
 import re
 import socket
 
-from qdeploy.datatypes import NODE_NAME
 
 _RANGE = re.compile(r"(\d+)-(\d+)")
 
@@ -28,12 +27,6 @@ def select(selector: str, names: list[str]) -> list[str]:
         else:
             raise ValueError(f"selector {part!r} matches no node (nodes: {' '.join(names)})")
     return [name for name in names if name in picked]
-
-
-def check_name(name: str) -> str:
-    if not NODE_NAME.fullmatch(name):
-        raise ValueError(f"node name {name!r} must match [A-Za-z0-9_.-]+")
-    return name
 
 
 def expand(template: str, node: str, hostname: str | None = None, index: int | None = None) -> str:

@@ -20,6 +20,7 @@ from qdeploy import daemon
 from qdeploy.app import AppImportError, load_app
 from qdeploy.broker import Broker
 from qdeploy.connection import BrokerURLError, connect, redact
+from qdeploy.nodes import expand
 from qdeploy.worker import logs
 
 EX_USAGE, EX_UNAVAILABLE = 2, 3  # the same codes as enqueue/result: bad input, broker unreachable
@@ -27,6 +28,30 @@ EX_USAGE, EX_UNAVAILABLE = 2, 3  # the same codes as enqueue/result: bad input, 
 
 class BootError(daemon.DaemonError):
     pass
+
+
+def daemon_fields(cfg, name: str, host: str, *, uid=None, gid=None, allow_root=False, pidfile=None,
+                  logfile=None, log_format=None, detach=False) -> dict:
+    """The options both services take the same way from the config and their daemon flags."""
+    return dict(
+        app=cfg["app"],
+        broker=cfg["broker"] if "broker" in cfg.given else None,  # None: the app's own broker
+        log_level=cfg["log_level"],
+        log_format=log_format or "text",
+        logfile=logfile or None,  # may hold %i/%I: expanded per process by qdeploy.worker.logs
+        pidfile=expand(pidfile, name, host) if pidfile else None,
+        detach=bool(detach),
+        user=uid or cfg["user"],
+        group=gid or (None if uid else cfg["group"]),  # --uid alone: that user's own group
+        allow_root=bool(allow_root),
+        explicit_user=bool(uid or gid),
+        workdir=cfg["workdir"],
+        chdir="workdir" in cfg.given,  # only a configured workdir is entered before importing
+        umask=int(cfg["umask"], 8),
+        log_dir=cfg["log_dir"],
+        pid_dir=cfg["pid_dir"],
+        state_dir=cfg["state_dir"],
+    )
 
 
 def check_config_file(path: str | None) -> None:

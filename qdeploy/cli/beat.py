@@ -23,21 +23,15 @@ EX_USAGE, EX_UNAVAILABLE = 2, 3
 @setting_options(SERVICE_KEYS)
 def beat(config_file, uid, gid, allow_root, pidfile, logfile, log_format, detach, **settings):
     """Run the periodic task scheduler. Any number may run: one leads and sends, each run once."""
-    from qdeploy import beatboot
-    from qdeploy.nodes import expand
+    from qdeploy import beatboot, service
 
     cli = dict(settings)
     cfg = load_config(config_file, settings)
     host = beatboot.BeatOptions.__dataclass_fields__["owner"].default.partition("@")[2]
     opts = beatboot.BeatOptions(
-        app=cfg["app"], broker=cfg["broker"] if "broker" in cfg.given else None, config=cfg,
-        reload=lambda: load_config(config_file, dict(cli)),
-        logfile=logfile or None, pidfile=expand(pidfile, "beat", host) if pidfile else None,
-        detach=detach, user=uid or cfg["user"], group=gid or (None if uid else cfg["group"]),
-        allow_root=allow_root, explicit_user=bool(uid or gid), workdir=cfg["workdir"],
-        chdir="workdir" in cfg.given, umask=int(cfg["umask"], 8), log_dir=cfg["log_dir"],
-        pid_dir=cfg["pid_dir"], state_dir=cfg["state_dir"], log_level=cfg["log_level"],
-        log_format=log_format)
+        config=cfg, reload=lambda: load_config(config_file, dict(cli)),
+        **service.daemon_fields(cfg, "beat", host, uid=uid, gid=gid, allow_root=allow_root, pidfile=pidfile,
+                                logfile=logfile, log_format=log_format, detach=detach))
     try:
         raise SystemExit(beatboot.run(opts))
     except daemon.DaemonError as exc:

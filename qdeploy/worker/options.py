@@ -7,7 +7,7 @@ import socket
 from dataclasses import dataclass
 
 from qdeploy.config import Config
-from qdeploy.nodes import expand
+from qdeploy import service
 from qdeploy.settings import NODE_SETTINGS
 
 
@@ -62,13 +62,9 @@ def resolve(cfg: Config, node: str | None, *, name: str | None = None, hostname:
     pool, threads = per_node["pool"], per_node["threads"]
     if pool == "threads":  # Celery's -P threads -c N: N threads, here in one supervised child
         pool, concurrency, threads = "prefork", 1, per_node["concurrency"] or 10 * (os.cpu_count() or 1)
-    logfile = flags.get("logfile")
-    pidfile = flags.get("pidfile")
     return WorkerOptions(
         node=name,
         owner=f"{name}@{host}",
-        app=cfg["app"],
-        broker=cfg["broker"] if "broker" in cfg.given else None,
         queues=per_node["queues"],
         pool=pool,
         concurrency=concurrency,
@@ -80,20 +76,9 @@ def resolve(cfg: Config, node: str | None, *, name: str | None = None, hostname:
         time_limit=per_node["time_limit"],
         soft_time_limit=per_node["soft_time_limit"],
         graceful_timeout=per_node["graceful_timeout"],
-        log_level=cfg["log_level"],
-        log_format=flags.get("log_format") or "text",
-        logfile=logfile or None,  # may hold %i/%I: expanded per process by qdeploy.worker.logs
-        pidfile=expand(pidfile, name, host) if pidfile else None,
-        detach=bool(flags.get("detach")),
-        user=flags.get("uid") or cfg["user"],
-        group=flags.get("gid") or (None if flags.get("uid") else cfg["group"]),  # --uid alone: its own group
-        allow_root=bool(flags.get("allow_root")),
-        explicit_user=bool(flags.get("uid") or flags.get("gid")),
-        workdir=cfg["workdir"],
-        chdir="workdir" in cfg.given,
-        umask=int(cfg["umask"], 8),
-        log_dir=cfg["log_dir"],
-        pid_dir=cfg["pid_dir"],
-        state_dir=cfg["state_dir"],
+        **service.daemon_fields(cfg, name, host, uid=flags.get("uid"), gid=flags.get("gid"),
+                                allow_root=flags.get("allow_root"), pidfile=flags.get("pidfile"),
+                                logfile=flags.get("logfile"), log_format=flags.get("log_format"),
+                                detach=flags.get("detach")),
         config_file=cfg.source,
     )
