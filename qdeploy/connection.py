@@ -89,10 +89,12 @@ def parse_sentinel_url(url: str) -> SentinelSpec:
 
 
 def _quiet_handshake() -> dict:
-    """redis-py >= 7 sends CLIENT SETINFO twice and CLIENT MAINT_NOTIFICATIONS after connecting:
-    three round trips each time a recycled child connects. Skip them where the client allows."""
+    """redis-py >= 7 sends CLIENT SETINFO twice and CLIENT MAINT_NOTIFICATIONS after connecting,
+    and redis-py 8 a HELLO 3: four round trips each time a recycled child connects. Skip them
+    where the client allows. RESP2 (the server's default, redis-py < 8's too) also keeps every
+    reply the same shape whatever the redis-py version."""
     params = inspect.signature(redis.Redis.__init__).parameters
-    quiet = {}
+    quiet = {"protocol": 2} if "protocol" in params else {}
     if "maint_notifications_config" in params:
         from redis.maint_notifications import MaintNotificationsConfig
 

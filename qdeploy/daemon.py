@@ -16,7 +16,6 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
 
 EX_CANTCREAT = 73  # sysexits.h: a live pid file means "cannot create output file"
 EX_NOPERM = 77
@@ -105,6 +104,8 @@ def read_pid(path: str | Path) -> int | None:
             return None  # nobody holds it: stale
         except BlockingIOError:
             text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            import psutil  # here, not at the top: start-up time (~15 ms)
+
             return int(text) if text.isdigit() and psutil.pid_exists(int(text)) else None
     finally:
         os.close(fd)

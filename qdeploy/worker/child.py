@@ -31,6 +31,20 @@ from qdeploy.worker.heartbeat import Heartbeat
 
 log = logging.getLogger("qdeploy.worker")
 _REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
+_SIGNATURES: dict[Callable, inspect.Signature] = {}  # inspect.signature is slow: once per function
+
+
+def signature_of(fn: Callable) -> inspect.Signature:
+    signature = _SIGNATURES.get(fn)
+    if signature is None:
+        signature = _SIGNATURES[fn] = inspect.signature(fn)
+    return signature
+
+
+def prepare(app: App) -> None:
+    """Do once, before forking, what every child would otherwise redo (and copy-on-write)."""
+    for task in list(app.tasks.values()):
+        signature_of(task.fn)
 
 
 class Consumer:
@@ -52,7 +66,6 @@ class Consumer:
         self.heartbeat = Heartbeat(self.broker, self.owner, app.visibility_timeout) if own else None
         self.default_soft, self.default_hard = default_limits  # when a message has none
         self._next_allowed: dict[str, float] = {}
-        self._signatures: dict[Callable, inspect.Signature] = {}  # inspect.signature is slow
         self._limits: tuple = (None, None)
         self._soft_fired = False
         self._pending: tuple[str, str | None] | None = None  # (id, result) to ack with next reserve
@@ -65,14 +78,18 @@ class Consumer:
             self._until_up(self.heartbeat.start, should_stop)
         if not self.fresh:  # an identity never used before holds nothing: skip the round trip
             self._until_up(lambda: self._leftovers(), should_stop)
-        done = 0
+        done, left = 0, False
         try:
             while True:
                 stopping = should_stop() or (max_tasks is not None and done >= max_tasks)
                 try:
                     if self._dirty:
                         self._clean_up_after_error()
-                    msg = self._step([] if stopping else self.queues)
+                    if stopping:  # ack the last task, give back anything held, unregister
+                        self._step([], leave=True)
+                        left = True
+                        break
+                    msg = self._step(self.queues)
                 except _REDIS_DOWN as exc:
                     self._dirty = True
                     if stopping:
@@ -81,8 +98,6 @@ class Consumer:
                         break
                     self._wait_for_redis(exc, should_stop)
                     continue
-                if stopping:
-                    break
                 if msg is None:
                     try:  # idle: block on the first queue instead of polling (see _wait)
                         msg = self._wait()
@@ -95,7 +110,7 @@ class Consumer:
                 done += 1
                 self._pending = self.handle(msg)
         finally:
-            if not self._dirty:
+            if not self._dirty and not left:
                 try:
                     self.broker.unregister(self.id)
                 except _REDIS_DOWN:
@@ -104,10 +119,10 @@ class Consumer:
                 self.heartbeat.stop(forget=not self._dirty)
         return done
 
-    def _step(self, queues: list[str]) -> Reserved | None:
+    def _step(self, queues: list[str], leave: bool = False) -> Reserved | None:
         ack_id, ack_result = self._pending or (None, None)
         msg = self.broker.reserve(self.id, self.owner, queues, ack_id=ack_id,
-                                  ack_result=ack_result, track=self.results.colocated)
+                                  ack_result=ack_result, track=self.results.colocated, leave=leave)
         self._pending = None
         return msg
 
@@ -181,11 +196,8 @@ class Consumer:
         task = self.app.tasks.get(env.task)
         if task is None:
             return self._dead(msg, env, f"unknown task {env.task!r}")
-        signature = self._signatures.get(task.fn)
-        if signature is None:
-            signature = self._signatures[task.fn] = inspect.signature(task.fn)
         try:
-            signature.bind(*([task] if task.bind else []), *env.args, **env.kwargs)
+            signature_of(task.fn).bind(*([task] if task.bind else []), *env.args, **env.kwargs)
         except TypeError as exc:
             return self._dead(msg, env, f"wrong arguments for {env.task}: {exc}")
         if not task.acks_late:  # at-most-once, by request: forget the message before running

@@ -45,3 +45,25 @@ def test_good_urls_build_clients_without_connecting():
     for url in ("redis://127.0.0.1:1/0", "rediss://u:p@127.0.0.1:1/2", "unix:///tmp/none.sock?db=1",
                 "sentinel://127.0.0.1:1/0?master=m"):
         assert connect(url) is not None
+
+
+@pytest.mark.parametrize("args", [
+    ("PING",),
+    ("EVALSHA", "abc", 2, b"k1", "k\u00e9y", b"", 0, -7, 0.25, 1e-05, b"\x00\r\n\xff"),
+    ("BLMOVE", "q", "i", "RIGHT", "LEFT", 0.1),
+])
+def test_pack_is_what_redis_py_sends(args):
+    """The hot paths pack their own commands; the bytes must be exactly redis-py's."""
+    from redis.connection import Connection
+
+    from qdeploy.broker import pack
+
+    assert pack(args) == b"".join(Connection().pack_command(*args))
+
+
+@pytest.mark.parametrize("bad", [None, True, object(), ["list"]])
+def test_pack_refuses_what_redis_cannot_store(bad):
+    from qdeploy.broker import pack
+
+    with pytest.raises(TypeError, match="cannot send"):
+        pack(("SET", "k", bad))

@@ -1,0 +1,163 @@
+"""The round trips of the hot paths, counted on a real Redis (INFO commandstats), and the packed
+command path's behaviour when Redis refuses a command."""
+
+import pytest
+import redis
+
+from qdeploy.worker import Consumer
+from tests.integration.conftest import drain
+
+
+def calls(client, *commands: str) -> int:
+    stats = client.info("commandstats")
+    return sum(stats.get(f"cmdstat_{c}", {}).get("calls", 0) for c in commands)
+
+
+def test_delay_is_one_scripted_round_trip(app, rclient):
+    @app.task(name="one")
+    def one(x):
+        return x
+
+    one.delay(0)  # loads the script (EVALSHA -> NOSCRIPT -> EVAL) on a fresh server
+    before, multi = calls(rclient, "evalsha", "eval"), calls(rclient, "multi")
+    results = [one.delay(i) for i in range(1, 11)]
+    assert calls(rclient, "evalsha", "eval") - before == 10
+    assert calls(rclient, "multi") == multi
+    drain(app, 11)
+    assert [r.get(timeout=1) for r in results] == list(range(1, 11))
+
+
+def test_a_consumer_running_one_task_makes_two_scripted_calls(app, rclient, namespace):
+    """Reserve (+ register), then ack + give back + unregister in one call: a child recycled
+    after every task costs Redis two round trips besides its connect."""
+    @app.task(name="t")
+    def t():
+        return 1
+
+    t.delay()
+    consumer = Consumer(app, ["default"], "c1", fresh=True, heartbeat=False, owner="node")
+    consumer.broker.ping()  # connect the pool's own connection first: HELLO would show below
+    before = calls(rclient, "evalsha", "eval")
+    hello, blmove = calls(rclient, "hello"), calls(rclient, "blmove")
+    assert consumer.run(max_tasks=1) == 1
+    assert calls(rclient, "evalsha", "eval") - before == 2
+    assert calls(rclient, "hello") == hello, "connections speak RESP2: no HELLO handshake"
+    assert calls(rclient, "blmove") == blmove
+    assert rclient.hget(f"{namespace}:consumers", "c1") is None
+    assert rclient.llen(f"{namespace}:inflight:c1") == 0
+
+
+def test_leaving_gives_back_what_the_consumer_still_holds(app, rclient, namespace):
+    @app.task(name="t")
+    def t():
+        return 1
+
+    t.delay()
+    stray = t.delay()  # pretend a lost reply left this one reserved by c1
+    rclient.lrem(f"{namespace}:q:default", 1, stray.id)
+    rclient.lpush(f"{namespace}:inflight:c1", stray.id)
+    consumer = Consumer(app, ["default"], "c1", fresh=True, heartbeat=False, owner="node")
+    assert consumer.run(max_tasks=1) == 1
+    assert rclient.lrange(f"{namespace}:q:default", 0, -1) == [stray.id.encode()]
+    assert rclient.hget(f"{namespace}:consumers", "c1") is None
+    drain(app, 1)
+    assert stray.get(timeout=1) == 1
+
+
+def test_a_refused_batch_raises_and_the_connection_stays_usable(app, rclient, namespace):
+    @app.task(name="t")
+    def t(x):
+        return x
+
+    rclient.set(f"{namespace}:q:default", "not a list")  # LPUSH inside EXEC fails: WRONGTYPE
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        t.map(range(5))
+    broker = app.transport
+    with pytest.raises(redis.ResponseError, match="wrong number of arguments"):  # EXECABORT
+        broker._transaction([("HSET", f"{namespace}:msg")])
+    rclient.delete(f"{namespace}:q:default")
+    results = t.map(range(5))  # same thread, same connection: no reply left on the wire
+    assert broker.queue_length("default") == 5
+    drain(app, 5)
+    assert [r.get(timeout=1) for r in results] == list(range(5))
+
+
+def test_a_broken_connection_is_reopened_by_the_next_call(app, rclient):
+    @app.task(name="t")
+    def t(x):
+        return x
+
+    t.delay(1)
+    broker = app.transport
+    for info in rclient.client_list():  # the server drops every client but ours
+        if int(info["id"]) != rclient.client_id():
+            rclient.client_kill_filter(_id=info["id"])
+    t.delay(2)  # the dead connection fails, is dropped, and the publish retried on a new one
+    assert broker.queue_length("default") == 2
+
+
+def test_producers_in_many_short_lived_threads(app, rclient):
+    """Each thread sends on a connection of its own; it is closed when the thread ends, and the
+    client's pool limit (100 in redis-py 8) does not count them."""
+    import gc
+    import threading
+
+    @app.task(name="t")
+    def t(x):
+        return x
+
+    errors = []
+
+    def send(i):
+        try:
+            t.delay(i)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    for batch in range(3):
+        threads = [threading.Thread(target=send, args=(batch * 50 + i,)) for i in range(50)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    gc.collect()
+    assert errors == []
+    assert app.transport.queue_length("default") == 150
+    assert len(rclient.client_list()) < 10, "connections of finished threads must be closed"
+
+
+def test_a_producer_reconnects_after_a_redis_restart_even_without_retry(make_server, namespace):
+    """`retry=False` means no retry policy when Redis is down, not failing on a connection the
+    server closed while idle: like redis-py's client, the stale connection is reopened."""
+    from qdeploy import App
+
+    server = make_server()
+    app = App("itest", broker=server.url, namespace=namespace)
+    app.send_task("t.x", retry=False)
+    app.send_many([("t.x", (), {}) for _ in range(3)])
+    server.restart(downtime=0.1)
+    kept = server.client().llen(f"{namespace}:q:default")
+    app.send_task("t.x", retry=False)  # one round trip on the dead connection, then a new one
+    app.send_many([("t.x", (), {}) for _ in range(3)])
+    assert app.transport.queue_length("default") == kept + 4
+    server.stop()
+    with pytest.raises(redis.ConnectionError):
+        app.send_task("t.x", retry=False)
+
+
+def test_connections_prepared_for_a_fork_are_only_used_by_the_child(app):
+    import os
+
+    broker = app.connect_broker(retries=0)
+    broker.prepare_fork(1)
+    template = broker._templates[0]
+    assert broker._connection() is not template, "the master must never connect a template"
+    broker.ping()
+    pid = os.fork()
+    if pid == 0:  # the child takes its copy of the template, and it works
+        try:
+            ok = broker._connection() is template and broker._command("PING") == b"PONG"
+        finally:
+            os._exit(0 if ok else 1)
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+    assert template._sock is None, "the master's template is still unconnected"
