@@ -295,7 +295,7 @@ class ControlServer:
         task.rate_limit, task.rate = text, per_second
         recycled = 0
         for child in list(self.master.children.values()):  # new children fork with the new limit
-            if child.serving and not child.adopted:
+            if (child.serving or child.waiting) and not child.adopted:
                 self.master.stop_child(child)
                 recycled += 1
         return {"task": name, "rate_limit": text, "children_recycled": recycled}

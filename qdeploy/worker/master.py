@@ -23,12 +23,12 @@ import sys
 import time
 from collections import deque
 
-import psutil
 import redis
 
 from qdeploy import results
 from qdeploy.control import ControlServer
 from qdeploy.sdnotify import Notifier
+from qdeploy.worker.child import prepare
 from qdeploy.worker.options import WorkerOptions
 from qdeploy.worker.process import CHILD_BOOT_ERROR, child_main, set_title
 from qdeploy.worker.state import Child, State
@@ -64,6 +64,10 @@ class Master:
         self.selector = selectors.DefaultSelector()
         self.unrequeued: set[str] = set()  # dead children's consumers whose requeue failed (Redis down)
         self._next_beat = self._next_memory_check = 0.0
+        # Built once, used by every child (each opens its own connection); retries=0: consumers
+        # handle reconnects themselves. Nothing is sent from the master on it.
+        self.consumer_broker = app.connect_broker(retries=0)
+        prepare(app)
 
     # -- start and the loop ------------------------------------------------------------------
     def run(self) -> int:
@@ -175,23 +179,25 @@ class Master:
         pass  # reap_children runs on every turn of the loop
 
     # -- children ----------------------------------------------------------------------------
-    def spawn_child(self, slot: int) -> None:
+    def spawn_child(self, slot: int, spare: bool = False) -> None:
         events_r, events_w = os.pipe2(os.O_CLOEXEC)
         control_r, control_w = os.pipe2(os.O_CLOEXEC)
         self.spawned += 1
         base = f"{self.opts.owner}/{os.getpid()}.{self.spawned}"
         cids = [base] if self.opts.threads == 1 else [f"{base}-t{k}" for k in range(1, self.opts.threads + 1)]
+        self.consumer_broker.prepare_fork(len(cids))
         gc.freeze()  # the master's objects go to a permanent generation: a child's GC leaves them be
         pid = os.fork()
         if pid == 0:
             os.close(events_r)
             os.close(control_w)
             self._close_master_fds()
-            child_main(self.app, self.opts, slot, cids, events_w, control_r)
+            child_main(self.app, self.opts, slot, cids, events_w, control_r, self.consumer_broker, spare)
+        gc.unfreeze()  # in the master: its own garbage stays collectable
         os.close(events_w)
         os.close(control_r)
         os.set_blocking(events_r, False)
-        child = Child(pid, slot, cids, events_r, control_w)
+        child = Child(pid, slot, cids, events_r, control_w, spare=spare)
         self.children[pid] = child
         self.selector.register(events_r, selectors.EVENT_READ, child)
 
@@ -244,6 +250,14 @@ class Master:
             child.transition(State.STOPPING)
         if child.stop_by is None:
             child.stop_by = time.monotonic() + self.opts.graceful_timeout
+
+    def promote(self, child: Child) -> None:
+        """Tell a spare to start taking tasks."""
+        child.promote()
+        try:
+            os.write(child.control, b"g")
+        except OSError:
+            pass  # it is gone: reaped, and its slot refilled, on the next turn
 
     def kill_child(self, child: Child, why: str) -> None:
         child.killed_for = child.killed_for or why
@@ -334,19 +348,40 @@ class Master:
                     self.kill_child(child, f"memory {rss} KiB > hard limit {hard} KiB")
 
     def manage_pool(self) -> None:
+        """One child serving per slot. A slot whose child retires gets its spare (forked ahead
+        when the child said `P`) once the child's last task is done; without a spare, a new
+        child is forked, and waits as a spare while that last task still runs."""
         if self.stopping:
             return
-        serving = sorted((c for c in self.children.values() if c.serving and not c.adopted), key=lambda c: c.slot)
+        own = [c for c in self.children.values() if not c.adopted]
+        serving = sorted((c for c in own if c.serving), key=lambda c: c.slot)
         for child in serving[self.target :]:
             self.stop_child(child)
+        spares: dict[int, Child] = {}
+        for child in own:
+            if child.waiting:
+                if child.slot > self.target or child.slot in spares:
+                    self.stop_child(child)
+                else:
+                    spares[child.slot] = child
         if time.monotonic() < self.respawn_at:
             return
         used = {c.slot for c in serving[: self.target]}
+        finishing = {c.slot for c in own if c.state is State.RETIRING and c.tasks}
         for slot in range(1, self.target + 1):
-            if slot not in used:
-                self.spawn_child(slot)
-                if self.boot_failures:  # one at a time while children fail to start
-                    break
+            if slot in used:
+                continue
+            if slot in spares:
+                if slot not in finishing:
+                    self.promote(spares.pop(slot))
+                continue
+            self.spawn_child(slot, spare=slot in finishing)
+            if self.boot_failures:  # one at a time while children fail to start
+                break
+        if not self.boot_failures:
+            for child in serving[: self.target]:
+                if child.wants_spare and child.slot not in spares:
+                    self.spawn_child(child.slot, spare=True)
         if not self.ready and sum(c.state is State.IDLE or c.state is State.BUSY for c in self.children.values()) >= self.target:
             self.ready = True
             log.info("worker %s ready: %d children", self.opts.owner, self.target)
@@ -368,7 +403,9 @@ class Master:
 
     def status_line(self) -> str:
         busy = sum(c.state is State.BUSY for c in self.children.values())
-        return f"{len(self.children)} children ({busy} busy), {self.tasks_done} tasks done"
+        spares = sum(c.waiting for c in self.children.values())
+        return (f"{len(self.children) - spares} children ({busy} busy{f', {spares} spare' if spares else ''}), "
+                f"{self.tasks_done} tasks done")
 
     def beat(self) -> None:
         now = time.monotonic()
@@ -464,6 +501,8 @@ def _signal(pid: int, sig: int) -> None:
 
 
 def _rss_kib(pid: int) -> int:
+    import psutil  # here, not at the top: start-up time (~15 ms); only hard memory limits need it
+
     try:
         return psutil.Process(pid).memory_info().rss // 1024
     except psutil.Error:

@@ -24,6 +24,7 @@ from qdeploy.worker.options import WorkerOptions
 log = logging.getLogger("qdeploy.worker")
 
 CHILD_BOOT_ERROR = 3  # the child could not even start consuming
+SPARE_LEAD = 10  # a recycling child asks for its spare successor when this many tasks are left
 PR_SET_PDEATHSIG = 1
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -64,6 +65,8 @@ class ChildLink:
         jitter = opts.max_tasks_jitter
         limit = opts.max_tasks_per_child
         self.max_tasks = max(1, round(limit * random.uniform(1 - jitter, 1 + jitter))) if limit else None
+        # `P` is sent when task number `spare_at` starts (0: as soon as the child consumes)
+        self.spare_at = max(0, self.max_tasks - SPARE_LEAD) if self.max_tasks else None
         self.hard = opts.time_limit
         self.started = 0  # tasks started, all threads together
         self.running: dict[int, tuple[float, str]] = {}  # thread id -> (soft deadline, task id)
@@ -74,6 +77,11 @@ class ChildLink:
             os.write(self.events, (line.replace("\n", " ") + "\n").encode())  # atomic: < PIPE_BUF
         except OSError:
             pass  # the master is gone: PDEATHSIG will follow
+
+    def wait_for_go(self) -> bool:
+        """A spare's wait for its slot: True on the master's `g`, False when asked to stop
+        (the control pipe closed) before that."""
+        return os.read(self.control, 1) == b"g"
 
     def should_stop(self) -> bool:
         if self.reopen_logs:
@@ -93,6 +101,8 @@ class ChildLink:
             if soft and threading.current_thread() is not threading.main_thread():
                 self.running[threading.get_ident()] = (time.monotonic() + soft, task_id)
             self.send(f"S {task_id} {limits.get('hard') or self.hard or 0} {cid}")
+            if self.started == self.spare_at:
+                self.send("P")
             if self.max_tasks and self.started == self.max_tasks:  # the last one: the master can
                 self.send(f"R max_tasks_per_child {self.max_tasks} reached")  # fork the successor now
             if self.opts.threads == 1:
@@ -121,8 +131,11 @@ class ChildLink:
                 ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(SoftTimeLimitExceeded))
 
 
-def child_main(app, opts: WorkerOptions, slot: int, cids: list[str], events: int, control: int) -> NoReturn:
-    """Entry point in the forked child; never returns."""
+def child_main(app, opts: WorkerOptions, slot: int, cids: list[str], events: int, control: int,
+               broker=None, spare: bool = False) -> NoReturn:
+    """Entry point in the forked child; never returns. `broker`: the master's unconnected
+    consumer-side Broker, so a child only opens its own connection. A `spare` boots, connects,
+    then waits for the master's go before it takes a task."""
     code = 0
     try:
         set_pdeathsig()
@@ -134,7 +147,7 @@ def child_main(app, opts: WorkerOptions, slot: int, cids: list[str], events: int
         signal.signal(signal.SIGUSR2, lambda *_: setattr(link, "reopen_logs", True))
         logs.child_started(opts, slot)
         set_title(f"qdeploy worker {opts.node} child {slot}: idle")
-        code = _consume(app, opts, cids, link)
+        code = _consume(app, opts, cids, link, broker, spare)
     except BaseException as exc:  # noqa: BLE001 - a child must report, never raise past here
         log.exception("child %s crashed: %s", cids[0], exc)
         code = 1
@@ -144,14 +157,15 @@ def child_main(app, opts: WorkerOptions, slot: int, cids: list[str], events: int
     os._exit(code)
 
 
-def _consume(app, opts: WorkerOptions, cids: list[str], link: ChildLink) -> int:
+def _consume(app, opts: WorkerOptions, cids: list[str], link: ChildLink, broker=None,
+             spare: bool = False) -> int:
     """One consumer per thread, each under its own identity; a single-threaded child runs its
     consumer in the main thread (where SIGALRM enforces the time limits)."""
     from qdeploy.worker.child import Consumer
 
     try:
         consumers = [
-            Consumer(app, opts.queues, cid, owner=opts.owner, heartbeat=False, fresh=True,
+            Consumer(app, opts.queues, cid, owner=opts.owner, heartbeat=False, fresh=True, broker=broker,
                      default_limits=(opts.soft_time_limit or None, opts.time_limit or None), **link.hooks(cid))
             for cid in cids
         ]
@@ -159,6 +173,14 @@ def _consume(app, opts: WorkerOptions, cids: list[str], link: ChildLink) -> int:
         link.send(f"E cannot start consumer: {exc}")
         return CHILD_BOOT_ERROR
     link.send("U")
+    if spare:
+        set_title(f"qdeploy worker {opts.node} child {link.slot}: spare")
+        consumers[0].broker.open()  # connect while waiting: one step less when the slot frees
+        if not link.wait_for_go():
+            return 0
+        set_title(f"qdeploy worker {opts.node} child {link.slot}: idle")
+    if link.spare_at == 0:
+        link.send("P")
     if len(consumers) == 1:
         consumers[0].run(should_stop=link.should_stop)
     else:

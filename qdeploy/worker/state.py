@@ -1,15 +1,22 @@
 """The life of one child process, as an explicit state machine (supervisor's `states.py` idea).
 
     STARTING ──U──▶ IDLE ──S──▶ BUSY ──D──▶ IDLE
-        │            │  ◀──────────┘ │
-        │            └──R──▶ RETIRING ◀──R─┘      (max tasks / memory reached: it leaves by itself)
+        │  │          │  ◀──────────┘ │
+        │  │          └──R──▶ RETIRING ◀──R─┘    (max tasks / memory reached: it leaves by itself)
+        │  └──U──▶ SPARE ──go──▶ IDLE             (a spare: booted, waits for its slot to free)
         └──────────── stop ──▶ STOPPING          (the master asked it to finish and leave)
     any state ── reaped ──▶ EXITED
 
 Events arrive from the child on its events pipe, one line each: `U` (up), `S <id> <hard> <cid>`
 (task started by consumer <cid>; hard limit in seconds or 0), `D <id>` (task done),
-`R <reason>` (retiring), `E <reason>` (cannot boot). A child with T threads runs up to T tasks
-at once, each under its own consumer identity; it is BUSY while any of them runs.
+`P` (few tasks left: fork my successor now), `R <reason>` (retiring), `E <reason>` (cannot
+boot). A child with T threads runs up to T tasks at once, each under its own consumer identity;
+it is BUSY while any of them runs.
+
+A spare is forked ahead of a child that recycles (`P`), so the successor has booted and
+connected by the time it is needed. It takes no task until the master writes `g` ("go") on its
+control pipe, which happens once its predecessor's last task is done: a slot never runs two
+tasks at once.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from dataclasses import dataclass, field
 class State(enum.Enum):
     STARTING = "starting"
     IDLE = "idle"
+    SPARE = "spare"
     BUSY = "busy"
     RETIRING = "retiring"
     STOPPING = "stopping"
@@ -29,7 +37,8 @@ class State(enum.Enum):
 
 
 LEGAL: dict[State, frozenset[State]] = {
-    State.STARTING: frozenset({State.IDLE, State.STOPPING, State.EXITED}),
+    State.STARTING: frozenset({State.IDLE, State.SPARE, State.STOPPING, State.EXITED}),
+    State.SPARE: frozenset({State.IDLE, State.STOPPING, State.EXITED}),
     State.IDLE: frozenset({State.BUSY, State.RETIRING, State.STOPPING, State.EXITED}),
     State.BUSY: frozenset({State.IDLE, State.RETIRING, State.STOPPING, State.EXITED}),
     State.RETIRING: frozenset({State.STOPPING, State.EXITED}),
@@ -65,7 +74,9 @@ class Child:
     boot_error: str = ""
     killed_for: str = ""  # why the master killed it (time limit, memory)
     adopted: bool = False  # inherited across a HUP re-exec: finishing, not supervised by events
-    up: bool = False  # said `U`: it booted and consumes
+    up: bool = False  # said `U`: it booted (and consumes, unless a spare)
+    spare: bool = False  # forked ahead of time; takes tasks once the master says go (`promote`)
+    wants_spare: bool = False  # said `P`: it will retire soon, a spare should boot for its slot
     stop_by: float | None = None  # monotonic time after which a stopping child is killed
     buffer: bytes = b""  # a partial event line
 
@@ -83,14 +94,27 @@ class Child:
     @property
     def serving(self) -> bool:
         """Counts towards the pool size: it will take new tasks."""
-        return self.state in (State.STARTING, State.IDLE, State.BUSY)
+        return not self.spare and self.state in (State.STARTING, State.IDLE, State.BUSY)
+
+    @property
+    def waiting(self) -> bool:
+        """A spare not yet promoted, booting or booted."""
+        return self.spare and self.state in (State.STARTING, State.SPARE)
+
+    def promote(self) -> None:
+        """The master told this spare to go: from now on it is an ordinary child."""
+        self.spare = False
+        if self.state is State.SPARE:
+            self.transition(State.IDLE)
 
     def on_event(self, line: str) -> None:
         kind, _, rest = line.partition(" ")
         if kind == "U":
             self.up = True
             if self.state is State.STARTING:
-                self.transition(State.IDLE)
+                self.transition(State.SPARE if self.spare else State.IDLE)
+        elif kind == "P":
+            self.wants_spare = True
         elif kind == "S":
             task_id, hard, cid = (rest.split(" ") + ["0", self.cids[0]])[:3]
             now = time.monotonic()

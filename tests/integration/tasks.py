@@ -57,6 +57,15 @@ def pid(tag=None):
     return os.getpid()
 
 
+@app.task(name="t.span")
+def span(tag, seconds=0.0):
+    """When and where it ran: [pid, start, end] (overlap tests), counted per tag."""
+    start = time.time()
+    _count(f"runs:{tag}")
+    time.sleep(seconds)
+    return [os.getpid(), start, time.time()]
+
+
 @app.task(name="t.env")
 def env(name):
     return os.environ.get(name)

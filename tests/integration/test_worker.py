@@ -33,9 +33,35 @@ def test_recycle_after_max_tasks_loses_nothing(masters, tapp, rclient, namespace
     assert all(runs(rclient, namespace, f"r{i}") == 1 for i in range(40))
     assert len(set(pids)) >= 40 // 3
     assert max(pids.count(p) for p in set(pids)) <= 3
-    wait_until(lambda: len(m.children()) == 2, 5, what="a full pool after recycling")
+    wait_until(lambda: len(m.serving()) == 2, 5, what="a full pool after recycling")
     m.signal(signal.SIGTERM)
     assert m.wait() == 0
+
+
+def test_spares_take_recycled_slots_without_overlap(masters, tapp, rclient, namespace):
+    """max-tasks-per-child=1: a spare successor boots ahead of time and takes the slot once its
+    predecessor's task is done, so a slot never runs two tasks at once."""
+    m = masters("-c", "2", "--max-tasks-per-child", "1").ready()
+    wait_until(lambda: len(m.children()) == 4, 10, what="a spare for each of the 2 slots")
+    spares = {c.pid for c in m.children()} - {c.pid for c in m.serving()}
+    assert len(spares) == 2
+    assert "2 children (0 busy, 2 spare)" in m.notify.wait_for("spare)")
+    results = [tapp.send_task("t.span", [f"s{i}", 0.02]) for i in range(40)]
+    spans = [r.get(timeout=30) for r in results]
+    assert all(runs(rclient, namespace, f"s{i}") == 1 for i in range(40))
+    pids = [pid for pid, _, _ in spans]
+    assert len(set(pids)) == 40, "one task per child"
+    assert spares <= set(pids), "the spares forked at start-up took tasks"
+    edges = sorted([(start, 1) for _, start, _ in spans] + [(end, -1) for _, _, end in spans])
+    running = peak = 0
+    for _, step in edges:  # an end sorts before a start at the same instant
+        running += step
+        peak = max(peak, running)
+    assert peak <= 2, f"{peak} tasks ran at once with -c 2"
+    wait_until(lambda: len(m.serving()) == 2 and len(m.children()) == 4, 10, what="2 children + 2 spares")
+    m.signal(signal.SIGTERM)
+    assert m.wait() == 0
+    assert not rclient.hgetall(f"{namespace}:consumers"), "spares never registered; the rest left"
 
 
 def test_memory_recycle_after_the_task(masters, tapp):
@@ -162,6 +188,23 @@ def test_hup_reloads_with_new_children_while_old_ones_finish(masters, tapp, rcli
     assert tapp.send_task("t.pid").get(timeout=10) not in old
     assert res.get(timeout=15) == "reload", "the task on the old child finished"
     wait_until(lambda: not old & {c.pid for c in m.children()}, 10, what="old children to leave")
+    m.signal(signal.SIGTERM)
+    assert m.wait() == 0
+
+
+def test_spares_follow_the_pool_size_and_reloads(masters, tapp, rclient, namespace):
+    m = masters("-c", "2", "--max-tasks-per-child", "5").ready()
+    wait_until(lambda: len(m.serving()) == 2 and len(m.children()) == 4, 10, what="2 children + 2 spares")
+    m.signal(signal.SIGTTOU)
+    wait_until(lambda: len(m.serving()) == 1 and len(m.children()) == 2, 10, what="slot 2 and its spare gone")
+    old = {c.pid for c in m.children()}
+    m.signal(signal.SIGHUP)
+    m.notify.wait_for("RELOADING=1")
+    wait_until(lambda: not old & {c.pid for c in m.children()}, 15, what="old child and spare to leave")
+    wait_until(lambda: len(m.serving()) == 2 and len(m.children()) == 4, 10, what="a fresh pool with spares")
+    results = [tapp.send_task("t.pid", [f"h{i}"]) for i in range(12)]
+    assert not old & {r.get(timeout=15) for r in results}, "a stopped spare never takes a task"
+    assert all(runs(rclient, namespace, f"h{i}") == 1 for i in range(12))
     m.signal(signal.SIGTERM)
     assert m.wait() == 0
 

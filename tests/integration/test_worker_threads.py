@@ -67,7 +67,7 @@ def test_max_tasks_per_child_counts_tasks_not_threads(masters, tapp):
     assert sum(per_child) == 48
     assert max(per_child) <= 8 + 3, "at most threads-1 tasks start past the limit"
     assert len(set(pids)) >= 48 // 11
-    wait_until(lambda: len(m.children()) == 1, 5, what="the pool refilled")
+    wait_until(lambda: len(m.serving()) == 1, 5, what="the pool refilled")
 
 
 def test_memory_recycling_waits_for_running_tasks(masters, tapp, rclient, namespace):

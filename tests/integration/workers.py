@@ -65,6 +65,15 @@ class Master:
     def children(self) -> list[psutil.Process]:
         return psutil.Process(self.pid).children()
 
+    def serving(self) -> list[psutil.Process]:
+        """Live children that are not spares (a spare's title ends in ": spare")."""
+        def title(child: psutil.Process) -> str | None:
+            try:
+                return (child.cmdline() or [None])[0]  # a zombie has no command line
+            except psutil.Error:
+                return None
+        return [c for c in self.children() if (t := title(c)) is not None and not t.endswith(": spare")]
+
     def signal(self, sig) -> None:
         self.proc.send_signal(sig)
 
