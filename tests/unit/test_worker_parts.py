@@ -33,6 +33,31 @@ def test_state_machine_follows_the_events():
     assert not c.alive
 
 
+def test_a_spare_waits_then_serves():
+    c = Child(pid=2, slot=1, cids=["n@h/1.2"], events=None, control=None, spare=True)
+    assert c.waiting and not c.serving, "a spare does not count towards the pool"
+    c.on_event("U")
+    assert c.state is State.SPARE and c.waiting
+    with pytest.raises(IllegalTransition):
+        c.transition(State.BUSY)
+    c.promote()
+    assert c.state is State.IDLE and c.serving and not c.waiting
+    c.on_event("P")
+    assert c.wants_spare
+    early = Child(pid=3, slot=1, cids=["n@h/1.3"], events=None, control=None, spare=True)
+    early.promote()  # told to go before it said U: it serves once up
+    early.on_event("U")
+    assert early.state is State.IDLE and early.serving
+
+
+def test_spares_are_asked_for_ten_tasks_ahead(isolated):
+    for limit, spare_at in (("1", 0), ("10", 0), ("11", 1), ("1000", 990)):
+        cfg = config.load(cli={"worker.max_tasks_per_child": limit}, environ={})
+        assert ChildLink(0, 0, options.resolve(cfg, None, max_tasks_jitter=0.0), 1).spare_at == spare_at
+    cfg = config.load(cli={}, environ={})
+    assert ChildLink(0, 0, options.resolve(cfg, None), 1).spare_at is None, "no recycling, no spare"
+
+
 def test_illegal_moves_are_refused():
     c = child()
     c.transition(State.STOPPING)
