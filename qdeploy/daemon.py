@@ -143,7 +143,7 @@ def make_dirs(dirs: dict[str, int], owner: Identity | None) -> None:
         p = Path(path)
         try:
             if not p.is_dir():
-                p.mkdir(mode=mode, parents=True)
+                p.mkdir(mode=mode, parents=True, exist_ok=True)  # nodes started together race here
                 p.chmod(mode)  # mkdir's mode is filtered by the umask
             if owner and os.geteuid() == 0:
                 st = p.stat()

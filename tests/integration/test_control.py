@@ -110,7 +110,7 @@ def test_rate_limit_and_revoke_terminate(masters, ctl, tapp):
     tapp.revoke(res.id)
     reply = ctl.request("revoke", {"ids": [res.id], "terminate": True}, timeout=2).replies[owner_of(m)]
     assert reply["result"] == {"running": [res.id], "terminated": [res.id]}
-    wait_until(lambda: not victim.is_running() or victim.status() == psutil.STATUS_ZOMBIE, 10, what="victim killed")
+    wait_until(lambda: gone(victim), 10, what="victim killed")
     wait_until(lambda: res.state == "REVOKED", 10, what="REVOKED")
 
 
@@ -157,3 +157,10 @@ def test_unknown_destination_and_nobody_online(cli):
     result = cli("control", "ping", "-d", "ghost", "--timeout", "0.3")
     assert result.returncode == 1 and "ghost" in result.stdout and "no such node online" in result.stdout
     assert cli("status").returncode == 1
+
+
+def gone(process: psutil.Process) -> bool:
+    try:
+        return not process.is_running() or process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:  # reaped between the two calls
+        return True
