@@ -21,6 +21,7 @@ from __future__ import annotations
 import importlib.metadata
 import shutil
 import sys
+from pathlib import Path
 
 
 def _version(dist: str) -> str | None:
@@ -132,7 +133,8 @@ class RQ(System):
             return None  # worker-pool has no max-jobs-per-worker; its horse is a fork per job
         if mtpc == 1 and self.worker_class:
             return None
-        rq = shutil.which("rq") or "rq"
+        # the rq next to this interpreter (its venv, whether or not it is on PATH), else PATH's
+        rq = shutil.which("rq", path=str(Path(sys.executable).parent)) or shutil.which("rq") or "rq"
         argv = [rq, "worker-pool", "-n", "2", "-u", url, "-q"]
         if self.worker_class:
             argv += ["-w", self.worker_class]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import threading
 import time
 from dataclasses import dataclass
@@ -26,6 +27,10 @@ from dataclasses import dataclass
 import redis
 
 from qdeploy.connection import connect
+
+SPIN = 100e-6  # how long `delay` polls for Redis's reply before it blocks (see Broker._await_reply)
+SPIN_MISSES = 3  # replies in a row slower than SPIN that turn the polling off...
+SPIN_BACKOFF = 100  # ...for this many calls
 
 # Requeue every id in-flight for one consumer; a body without a readable queue is dead-lettered.
 # Expects locals: ns, cid, inflight, msgs. Leaves `moved`.
@@ -204,6 +209,7 @@ class Broker:
         self._publish_one = reg(PUBLISH_ONE)
         self._static: dict[tuple, tuple[list, list]] = {}
         self._local = threading.local()  # per thread: the connection of `_command`
+        self._spin_misses = self._spin_backoff = 0  # see `_await_reply`
         self._spares: list = []  # unconnected connections for the next child (`prepare_fork`)
         self._spares_for = 0  # ...and the pid that must not use them (the one that made them)
         self._templates: list = []  # never connected here: each child uses its own copy
@@ -240,7 +246,7 @@ class Broker:
             later = eta is not None and eta > now
             target = self.eta_key(queue) if later else self.queue_key(queue)
             self._eval(self._publish_one, 2, self.k_msg, target, task_id, body,
-                       repr(float(eta)) if later else "")
+                       repr(float(eta)) if later else "", spin=True)
             return
         for start in range(0, len(items), chunk):
             bodies, ready, later = [], {}, {}
@@ -296,24 +302,44 @@ class Broker:
         An idle consumer thus starts a new task within a round trip instead of polling."""
         return self._command("BLMOVE", self.queue_key(queue), self.inflight_key(cid), "RIGHT", "LEFT", timeout)
 
-    def _eval(self, script, *args):
-        """EVALSHA for the consumer's hot path; reloads the script when a restarted Redis lost
-        its cache."""
+    def _eval(self, script, *args, spin: bool = False):
+        """EVALSHA for the hot paths; reloads the script when a restarted Redis lost its cache."""
         try:
-            return self._command("EVALSHA", script.sha, *args)
+            return self._command("EVALSHA", script.sha, *args, spin=spin)
         except redis.exceptions.NoScriptError:  # EVAL on the same connection caches it there
-            return self._command("EVAL", script.script, *args)
+            return self._command("EVAL", script.script, *args, spin=spin)
 
-    def _command(self, *args):
-        """One command on this thread's own connection (see `_connection`)."""
+    def _command(self, *args, spin: bool = False):
+        """One command on this thread's own connection (see `_connection`); `spin`: the reply
+        is expected at once (see `_await_reply`)."""
         if not self._direct:
             return self.client.execute_command(*args)
         packed = [pack(args)]
 
         def once(conn):
             conn.send_packed_command(packed)
+            if spin:
+                self._await_reply(conn)
             return conn.read_response()
         return self._round_trip(once)
+
+    def _await_reply(self, conn) -> None:
+        """Poll for the reply for up to SPIN before `read_response` blocks. A blocked thread
+        lets its CPU go idle, and waking an idle vCPU costs ~60 µs on the VMs measured here:
+        more than a local Redis takes to answer, and more CPU than the polling (a `delay` went
+        from 6.8k/s to 14k/s, using 15 % less CPU per call). Replies that keep taking longer (a
+        remote Redis) turn the polling off for the next SPIN_BACKOFF calls."""
+        if self._spin_backoff:
+            self._spin_backoff -= 1
+            return
+        sock, deadline = conn._sock, time.perf_counter() + SPIN
+        while not select.select((sock,), (), (), 0)[0]:
+            if time.perf_counter() >= deadline:
+                self._spin_misses += 1
+                if self._spin_misses >= SPIN_MISSES:
+                    self._spin_misses, self._spin_backoff = 0, SPIN_BACKOFF
+                return
+        self._spin_misses = 0
 
     def _transaction(self, commands: list[tuple]) -> list:
         """MULTI, `commands`, EXEC in one round trip; raises the first error a command got."""

@@ -161,3 +161,29 @@ def test_connections_prepared_for_a_fork_are_only_used_by_the_child(app):
             os._exit(0 if ok else 1)
     assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
     assert template._sock is None, "the master's template is still unconnected"
+
+
+def test_delay_polls_for_a_prompt_reply_and_stops_when_replies_are_slow(app):
+    """`_await_reply` on a real socket pair: a reply already there ends the polling at once;
+    replies that keep missing the polling window turn it off for a while."""
+    import socket
+    from types import SimpleNamespace
+
+    from qdeploy import broker as broker_mod
+
+    broker = app.connect_broker()
+    mine, redis_end = socket.socketpair()
+    conn = SimpleNamespace(_sock=mine)
+    redis_end.sendall(b":1\r\n")
+    broker._await_reply(conn)
+    assert (broker._spin_misses, broker._spin_backoff) == (0, 0)
+    mine.recv(16)
+    for missed in range(1, broker_mod.SPIN_MISSES):  # nothing arrives: each call waits out SPIN
+        broker._await_reply(conn)
+        assert (broker._spin_misses, broker._spin_backoff) == (missed, 0)
+    broker._await_reply(conn)
+    assert (broker._spin_misses, broker._spin_backoff) == (0, broker_mod.SPIN_BACKOFF)
+    broker._await_reply(conn)
+    assert broker._spin_backoff == broker_mod.SPIN_BACKOFF - 1, "backing off: no polling"
+    mine.close()
+    redis_end.close()
