@@ -175,7 +175,8 @@ def _consume(app, opts: WorkerOptions, cids: list[str], link: ChildLink, broker=
     link.send("U")
     if spare:
         set_title(f"qdeploy worker {opts.node} child {link.slot}: spare")
-        consumers[0].broker.open()  # connect while waiting: one step less when the slot frees
+        if len(consumers) == 1:  # it consumes in this thread: connect while waiting
+            consumers[0].broker.open()
         if not link.wait_for_go():
             return 0
         set_title(f"qdeploy worker {opts.node} child {link.slot}: idle")
