@@ -103,8 +103,8 @@ class ChildLink:
             self.send(f"S {task_id} {limits.get('hard') or self.hard or 0} {cid}")
             if self.started == self.spare_at:
                 self.send("P")
-            if self.max_tasks and self.started == self.max_tasks:  # the last one: the master can
-                self.send(f"R max_tasks_per_child {self.max_tasks} reached")  # fork the successor now
+            if self.max_tasks and self.started == self.max_tasks:  # the last one: its successor
+                self.send(f"R max_tasks_per_child {self.max_tasks} reached")  # goes once it is done
             if self.opts.threads == 1:
                 set_title(f"qdeploy worker {self.opts.node} child {self.slot}: {name}[{task_id}]")
 
