@@ -31,30 +31,12 @@ EX_USAGE = service.EX_USAGE
 BootError = service.BootError
 
 
-@dataclass(frozen=True)
-class BeatOptions:
-    app: str
-    broker: str | None
+@dataclass(frozen=True, kw_only=True)
+class BeatOptions(service.DaemonOptions):
     config: object  # qdeploy.config.Config
     reload: object  # () -> Config: re-read the config file (HUP)
-    logfile: str | None
-    pidfile: str | None
-    detach: bool
-    user: str | None
-    group: str | None
-    allow_root: bool
-    explicit_user: bool
-    workdir: str
-    chdir: bool
-    umask: int
-    log_dir: str
-    pid_dir: str
-    state_dir: str
-    log_level: str
-    log_format: str = "text"
     node: str = "beat"  # what qdeploy.worker.logs expands %n to
     owner: str = f"beat@{socket.gethostname()}"
-    start_timeout: float = 30.0
 
 
 def static_entries(app, cfg) -> tuple[dict, object]:

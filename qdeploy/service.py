@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import redis
 
@@ -30,9 +31,34 @@ class BootError(daemon.DaemonError):
     pass
 
 
+@dataclass(frozen=True, kw_only=True)
+class DaemonOptions:
+    """What both services (WorkerOptions, BeatOptions) take the same way from the config and
+    their daemon flags (`daemon_fields` builds them), and what the boot below reads."""
+
+    app: str
+    broker: str | None  # None: the app's own broker (no config, flag or $QDEPLOY_BROKER set one)
+    log_level: str
+    log_format: str
+    logfile: str | None
+    pidfile: str | None
+    detach: bool
+    user: str | None
+    group: str | None
+    allow_root: bool
+    explicit_user: bool  # --uid/--gid given on the command line
+    workdir: str
+    chdir: bool  # workdir was set (config, environment or flag): change into it before importing
+    umask: int
+    log_dir: str
+    pid_dir: str
+    state_dir: str
+    start_timeout: float = 30.0
+
+
 def daemon_fields(cfg, name: str, host: str, *, uid=None, gid=None, allow_root=False, pidfile=None,
                   logfile=None, log_format=None, detach=False) -> dict:
-    """The options both services take the same way from the config and their daemon flags."""
+    """The DaemonOptions fields, from the config and the daemon flags."""
     return dict(
         app=cfg["app"],
         broker=cfg["broker"] if "broker" in cfg.given else None,  # None: the app's own broker

@@ -11,12 +11,10 @@ from qdeploy import service
 from qdeploy.settings import NODE_SETTINGS
 
 
-@dataclass(frozen=True)
-class WorkerOptions:
+@dataclass(frozen=True, kw_only=True)
+class WorkerOptions(service.DaemonOptions):
     node: str
     owner: str  # node@host: the identity whose heartbeat vouches for this node's consumers
-    app: str
-    broker: str | None  # None: the app's own broker (no config, flag or $QDEPLOY_BROKER set one)
     queues: list[str]
     pool: str  # prefork | solo (pool = "threads" is prefork with one child of `concurrency` threads)
     concurrency: int  # children
@@ -28,22 +26,6 @@ class WorkerOptions:
     time_limit: float
     soft_time_limit: float
     graceful_timeout: float
-    log_level: str
-    log_format: str
-    logfile: str | None
-    pidfile: str | None
-    detach: bool
-    user: str | None
-    group: str | None
-    allow_root: bool
-    explicit_user: bool  # --uid/--gid given on the command line
-    workdir: str
-    chdir: bool  # workdir was set (config, environment or flag): change into it before importing
-    umask: int
-    log_dir: str
-    pid_dir: str
-    state_dir: str
-    start_timeout: float = 30.0
     config_file: str | None = None  # the file the config came from, if any
 
     def title(self) -> str:
