@@ -92,6 +92,14 @@ class Pidfile:
         self.fd = None
 
 
+def signal_pid(pid: int, sig: int) -> None:
+    """Send `sig` to `pid`, which may have exited meanwhile."""
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
 def read_pid(path: str | Path) -> int | None:
     """The pid of a live process holding `path`, or None (missing, stale or unlocked)."""
     try:

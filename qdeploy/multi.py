@@ -14,7 +14,6 @@ only print.
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
@@ -24,7 +23,7 @@ from dataclasses import dataclass, field
 import psutil
 
 from qdeploy import nodes as nodes_mod
-from qdeploy.daemon import read_pid
+from qdeploy.daemon import read_pid, signal_pid
 from qdeploy.datatypes import NODE_NAME, duration
 
 ACTIONS = ("start", "stop", "stopwait", "restart", "kill", "show", "names", "expand")
@@ -270,7 +269,7 @@ def stop(nodes: list[Node], sig: int = signal.SIGTERM) -> list[Outcome]:
         if pid is None:
             out.append(Outcome(node.name, True, "not running"))
             continue
-        _kill(pid, sig)
+        signal_pid(pid, sig)
         out.append(Outcome(node.name, True, "signalled", f"SIG{signal.Signals(sig).name[3:]} sent to pid {pid}"))
     return out
 
@@ -287,7 +286,7 @@ def stopwait(nodes: list[Node], timeout: float | None = None) -> list[Outcome]:
             out[node.name] = Outcome(node.name, True, "not running")
             continue
         waiting[node.name] = node, pid, _children(pid)
-        _kill(pid, signal.SIGTERM)
+        signal_pid(pid, signal.SIGTERM)
     while waiting:
         now = time.monotonic()
         for name, (node, pid, kids) in list(waiting.items()):
@@ -297,7 +296,7 @@ def stopwait(nodes: list[Node], timeout: float | None = None) -> list[Outcome]:
                 del waiting[name]
             elif now - started >= limit:
                 for victim in [pid, *kids, *_children(pid)]:
-                    _kill(victim, signal.SIGKILL)
+                    signal_pid(victim, signal.SIGKILL)
                 _wait_gone([pid], 5.0)
                 out[name] = Outcome(name, False, "killed", f"pid {pid} still running after {limit:g}s: sent SIGKILL")
                 del waiting[name]
@@ -316,7 +315,7 @@ def kill(nodes: list[Node]) -> list[Outcome]:
             continue
         victims = [pid, *_children(pid)]
         for victim in victims:
-            _kill(victim, signal.SIGKILL)
+            signal_pid(victim, signal.SIGKILL)
         gone = _wait_gone(victims, 5.0)
         out.append(Outcome(node.name, gone, "killed" if gone else "failed", f"pid {pid}" + ("" if gone else " did not die")))
     return out
@@ -351,13 +350,6 @@ def _children(pid: int) -> list[int]:
         return [c.pid for c in psutil.Process(pid).children(recursive=True)]
     except psutil.Error:
         return []
-
-
-def _kill(pid: int, sig: int) -> None:
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def _gone(pid: int) -> bool:

@@ -27,6 +27,7 @@ import redis
 
 from qdeploy import results
 from qdeploy.control import ControlServer
+from qdeploy.daemon import signal_pid
 from qdeploy.sdnotify import Notifier
 from qdeploy.worker.child import prepare
 from qdeploy.worker.options import WorkerOptions
@@ -173,7 +174,7 @@ class Master:
 
         logs.reopen()
         for child in self.children.values():
-            _signal(child.pid, signal.SIGUSR2)
+            signal_pid(child.pid, signal.SIGUSR2)
 
     def handle_chld(self) -> None:
         pass  # reap_children runs on every turn of the loop
@@ -261,7 +262,7 @@ class Master:
 
     def kill_child(self, child: Child, why: str) -> None:
         child.killed_for = child.killed_for or why
-        _signal(child.pid, signal.SIGKILL)
+        signal_pid(child.pid, signal.SIGKILL)
 
     def reap_children(self) -> None:
         while True:
@@ -490,13 +491,6 @@ def _drain(fd: int) -> None:
         while os.read(fd, 4096):
             pass
     except BlockingIOError:
-        pass
-
-
-def _signal(pid: int, sig: int) -> None:
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
         pass
 
 
