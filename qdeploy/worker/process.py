@@ -46,12 +46,15 @@ def rss_kib() -> int:
         return int(fh.read().split()[1]) * _PAGE // 1024
 
 
+try:  # optional (qdeploy[proctitle]). Looked up once, in the master: a failed import costs a
+    from setproctitle import setproctitle as _setproctitle  # child ~75 page faults each time
+except ImportError:
+    _setproctitle = None
+
+
 def set_title(text: str) -> None:
-    try:
-        import setproctitle
-    except ImportError:
-        return
-    setproctitle.setproctitle(text)
+    if _setproctitle is not None:
+        _setproctitle(text)
 
 
 class ChildLink:
