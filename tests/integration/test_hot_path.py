@@ -29,7 +29,7 @@ def test_delay_is_one_scripted_round_trip(app, rclient):
 
 def test_a_consumer_running_one_task_makes_two_scripted_calls(app, rclient, namespace):
     """Reserve (+ register), then ack + give back + unregister in one call: a child recycled
-    after every task costs Redis two round trips besides its connect."""
+    after every task costs Redis two round trips besides its connect, and nothing more."""
     @app.task(name="t")
     def t():
         return 1
@@ -38,10 +38,11 @@ def test_a_consumer_running_one_task_makes_two_scripted_calls(app, rclient, name
     consumer = Consumer(app, ["default"], "c1", fresh=True, heartbeat=False, owner="node")
     consumer.broker.ping()  # connect the pool's own connection first: HELLO would show below
     before = calls(rclient, "evalsha", "eval")
-    hello, blmove = calls(rclient, "hello"), calls(rclient, "blmove")
+    hello, blmove, ping = calls(rclient, "hello"), calls(rclient, "blmove"), calls(rclient, "ping")
     assert consumer.run(max_tasks=1) == 1
     assert calls(rclient, "evalsha", "eval") - before == 2
     assert calls(rclient, "hello") == hello, "connections speak RESP2: no HELLO handshake"
+    assert calls(rclient, "ping") == ping, "a connection made just now needs no health-check PING"
     assert calls(rclient, "blmove") == blmove
     assert rclient.hget(f"{namespace}:consumers", "c1") is None
     assert rclient.llen(f"{namespace}:inflight:c1") == 0
