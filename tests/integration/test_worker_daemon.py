@@ -178,3 +178,21 @@ def test_detach_and_privilege_drop_together(redis_server, namespace, world, tapp
     assert not pidfile.exists()
     refused = worker_cmd(redis_server, namespace, "--detach", "--uid", "no-such-user-y", "--logfile", str(world / "z.log"))
     assert refused.returncode == daemon.EX_NOPERM and "unknown user 'no-such-user-y'" in refused.stderr
+
+
+def test_usr2_reopens_each_childs_own_log(masters, world, tapp):
+    """logrotate renames the per-child files too: the master passes USR2 on, and each child
+    reopens its own file (its handler, set right after the fork, only records: the child
+    reopens at its next turn of the loop, within its poll interval when idle)."""
+    m = masters("-c", "1", "--logfile", str(world / "w%I.log")).ready()
+    child_log = world / "w-1.log"
+    first = tapp.send_task("t.pid", ["too", "many", "args"])  # refused: logged by the child
+    wait_until(lambda: child_log.exists() and first.id in child_log.read_text(), 10, what="the child's log line")
+    child_log.rename(world / "w-1.log.1")
+    m.signal(signal.SIGUSR2)
+    wait_until(child_log.exists, 5, what="the child to reopen w-1.log")
+    second = tapp.send_task("t.pid", ["too", "many", "args"])
+    wait_until(lambda: second.id in child_log.read_text(), 10, what="the child to log into the new w-1.log")
+    assert second.id not in (world / "w-1.log.1").read_text()
+    m.signal(signal.SIGTERM)
+    assert m.wait() == 0
