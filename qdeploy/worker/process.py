@@ -7,7 +7,6 @@ It dies with the master (PR_SET_PDEATHSIG), so there are never orphans.
 
 from __future__ import annotations
 
-import _signal
 import ctypes
 import logging
 import os
@@ -28,11 +27,6 @@ CHILD_BOOT_ERROR = 3  # the child could not even start consuming
 SPARE_LEAD = 10  # a recycling child asks for its spare successor when this many tasks are left
 PR_SET_PDEATHSIG = 1
 _PAGE = os.sysconf("SC_PAGE_SIZE")
-# A child sets its signals through `_signal`, the C module under `signal`, with plain ints:
-# `signal.signal`'s enum conversions touch enough objects to cost a child ~60 copy-on-write
-# page faults (a tenth of a child recycled after every task).
-_IGNORED = tuple(map(int, (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1)))
-_SIGCHLD, _SIGUSR2, _SIG_IGN, _SIG_DFL = map(int, (signal.SIGCHLD, signal.SIGUSR2, signal.SIG_IGN, signal.SIG_DFL))
 
 
 try:
@@ -148,12 +142,12 @@ def child_main(app, opts: WorkerOptions, slot: int, cids: list[str], events: int
     code = 0
     try:
         set_pdeathsig()
-        for sig in _IGNORED:
-            _signal.signal(sig, _SIG_IGN)
-        _signal.signal(_SIGCHLD, _SIG_DFL)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1):
+            signal.signal(sig, signal.SIG_IGN)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.set_wakeup_fd(-1)
         link = ChildLink(events, control, opts, slot)
-        _signal.signal(_SIGUSR2, lambda *_: setattr(link, "reopen_logs", True))
+        signal.signal(signal.SIGUSR2, lambda *_: setattr(link, "reopen_logs", True))
         logs.child_started(opts, slot)
         set_title(f"qdeploy worker {opts.node} child {slot}: idle")
         code = _consume(app, opts, cids, link, broker, spare)
