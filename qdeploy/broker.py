@@ -193,16 +193,6 @@ def pack(args) -> bytes:
     return b"".join(out)
 
 
-def _connected(conn):
-    """`conn`, connected. redis-py PINGs a connection before its first command when the
-    handshake read no reply, as a quiet one (RESP2, no AUTH/SELECT/name) doesn't: one wasted
-    round trip per new connection, i.e. per recycled child. A connection made just now is healthy."""
-    if conn._sock is None:
-        conn.connect()
-        conn.next_health_check = time.monotonic() + conn.health_check_interval
-    return conn
-
-
 class Broker:
     """Verbs over one Redis connection pool. Thread-safe (redis-py pools are)."""
 
@@ -385,7 +375,7 @@ class Broker:
         unknown after an error is dropped; the next call opens a new one."""
         conn = self._connection()
         try:
-            return conn.retry.call_with_retry(lambda: once(_connected(conn)), lambda _error: conn.disconnect())
+            return conn.retry.call_with_retry(lambda: once(conn), lambda _error: conn.disconnect())
         except redis.ResponseError:
             raise  # a complete error reply: the connection is still in step
         except BaseException:
@@ -419,7 +409,7 @@ class Broker:
         task); a failure is left for the first command to meet and handle."""
         if self._direct:
             try:
-                _connected(self._connection())
+                self._connection().connect()
             except (redis.ConnectionError, redis.TimeoutError, OSError):
                 pass
 

@@ -13,6 +13,7 @@ Accepted forms (documented in docs/protocol.md):
 from __future__ import annotations
 
 import inspect
+import time
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -109,6 +110,15 @@ def _quiet_handshake() -> dict:
 QUIET_HANDSHAKE = _quiet_handshake()
 
 
+def _on_connect(conn) -> None:
+    """redis-py's handshake, minus the health-check PING it would send before the connection's
+    first command: it sends one when the handshake read no reply, as a quiet one (RESP2, no
+    AUTH/SELECT/name) doesn't. That is a wasted round trip per new connection, i.e. per recycled
+    child; a connection made just now is healthy."""
+    conn.on_connect()
+    conn.next_health_check = time.monotonic() + conn.health_check_interval
+
+
 def connect(url: str, *, retries: int = 2, socket_timeout: float = 10.0,
             connect_timeout: float = 5.0, client_name: str | None = None) -> redis.Redis:
     """A client for `url`. Nothing is sent yet: call `.ping()` to check reachability.
@@ -124,7 +134,8 @@ def connect(url: str, *, retries: int = 2, socket_timeout: float = 10.0,
                              f"(use one of {', '.join(s + '://' for s in SCHEMES)})")
     common = dict(socket_timeout=socket_timeout, socket_connect_timeout=connect_timeout,
                   retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries),
-                  client_name=client_name, health_check_interval=30, **QUIET_HANDSHAKE)
+                  client_name=client_name, health_check_interval=30, redis_connect_func=_on_connect,
+                  **QUIET_HANDSHAKE)
     if scheme.startswith("sentinel"):
         spec = parse_sentinel_url(url)
         skw = {k: v for k, v in (("username", spec.sentinel_username),

@@ -48,6 +48,19 @@ def test_a_consumer_running_one_task_makes_two_scripted_calls(app, rclient, name
     assert rclient.llen(f"{namespace}:inflight:c1") == 0
 
 
+def test_a_new_pooled_connection_sends_no_health_check_ping(redis_server, rclient):
+    """The same for the pool's connections (the master's, control's, results'): redis-py would
+    PING before the first command of a connection whose handshake read no reply."""
+    from qdeploy.connection import connect
+
+    client = connect(redis_server.url)
+    ping, get = calls(rclient, "ping"), calls(rclient, "get")
+    assert client.get("qdeploy-test-no-such-key") is None
+    assert calls(rclient, "get") == get + 1
+    assert calls(rclient, "ping") == ping
+    client.close()
+
+
 def test_leaving_gives_back_what_the_consumer_still_holds(app, rclient, namespace):
     @app.task(name="t")
     def t():
