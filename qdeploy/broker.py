@@ -387,14 +387,11 @@ class Broker:
         checkout, liveness probe (three syscalls), argument encoding and retry/observability
         layers, about half of the client-side cost of a task or of a `delay`. Only for plain
         pools: a Sentinel pool must route every command to the current master itself."""
-        local = self._local
+        local, pid = self._local, os.getpid()
         conn = getattr(local, "conn", None)
-        if conn is None or local.pid != os.getpid():
-            try:
-                conn = self._spares.pop() if self._spares_for != os.getpid() else self._new_connection()
-            except IndexError:
-                conn = self._new_connection()
-            local.conn, local.pid = conn, os.getpid()
+        if conn is None or local.pid != pid:
+            conn = self._spares.pop() if self._spares and self._spares_for != pid else self._new_connection()
+            local.conn, local.pid = conn, pid
         return conn
 
     def _new_connection(self):
