@@ -149,7 +149,7 @@ def child_main(app, opts: WorkerOptions, slot: int, cids: list[str], events: int
         link = ChildLink(events, control, opts, slot)
         signal.signal(signal.SIGUSR2, lambda *_: setattr(link, "reopen_logs", True))
         logs.child_started(opts, slot)
-        set_title(f"qdeploy worker {opts.node} child {slot}: idle")
+        set_title(f"qdeploy worker {opts.node} child {slot}: {'spare' if spare else 'idle'}")
         code = _consume(app, opts, cids, link, broker, spare)
     except BaseException as exc:  # noqa: BLE001 - a child must report, never raise past here
         log.exception("child %s crashed: %s", cids[0], exc)
@@ -177,7 +177,6 @@ def _consume(app, opts: WorkerOptions, cids: list[str], link: ChildLink, broker=
         return CHILD_BOOT_ERROR
     link.send("U")
     if spare:
-        set_title(f"qdeploy worker {opts.node} child {link.slot}: spare")
         if len(consumers) == 1:  # it consumes in this thread: connect while waiting
             consumers[0].broker.open()
         if not link.wait_for_go():
