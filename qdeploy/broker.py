@@ -332,7 +332,10 @@ class Broker:
         if self._spin_backoff:
             self._spin_backoff -= 1
             return
-        sock, deadline = conn._sock, time.perf_counter() + SPIN
+        sock = getattr(conn, "_sock", None)  # redis-py's, not public: without it, just block
+        if sock is None:
+            return
+        deadline = time.perf_counter() + SPIN
         while not select.select((sock,), (), (), 0)[0]:
             if time.perf_counter() >= deadline:
                 self._spin_misses += 1

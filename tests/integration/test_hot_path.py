@@ -179,7 +179,8 @@ def test_connections_prepared_for_a_fork_are_only_used_by_the_child(app):
 
 def test_delay_polls_for_a_prompt_reply_and_stops_when_replies_are_slow(app):
     """`_await_reply` on a real socket pair: a reply already there ends the polling at once;
-    replies that keep missing the polling window turn it off for a while."""
+    replies that keep missing the polling window turn it off for a while; a connection
+    without redis-py's private `_sock` is not polled."""
     import socket
     from types import SimpleNamespace
 
@@ -201,3 +202,6 @@ def test_delay_polls_for_a_prompt_reply_and_stops_when_replies_are_slow(app):
     assert broker._spin_backoff == broker_mod.SPIN_BACKOFF - 1, "backing off: no polling"
     mine.close()
     redis_end.close()
+    broker._spin_backoff = 0
+    broker._await_reply(SimpleNamespace())  # a redis-py without `_sock`: no polling, no error
+    assert (broker._spin_misses, broker._spin_backoff) == (0, 0)
