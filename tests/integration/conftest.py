@@ -14,6 +14,7 @@ import time
 import uuid
 from pathlib import Path
 
+import psutil
 import pytest
 import redis
 from redis.backoff import NoBackoff
@@ -40,6 +41,14 @@ def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02, what: s
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def gone(process: psutil.Process) -> bool:
+    """The process has exited (a zombie counts: it runs nothing)."""
+    try:
+        return not process.is_running() or process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:  # reaped between the two calls
+        return True
 
 
 class RedisServer:

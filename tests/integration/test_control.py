@@ -8,12 +8,11 @@ import signal
 import statistics
 import time
 
-import psutil
 import pytest
 
 from qdeploy.broker import Broker
 from qdeploy.control import Control
-from tests.integration.conftest import run_cli, wait_until
+from tests.integration.conftest import gone, run_cli, wait_until
 
 
 @pytest.fixture
@@ -157,10 +156,3 @@ def test_unknown_destination_and_nobody_online(cli):
     result = cli("control", "ping", "-d", "ghost", "--timeout", "0.3")
     assert result.returncode == 1 and "ghost" in result.stdout and "no such node online" in result.stdout
     assert cli("status").returncode == 1
-
-
-def gone(process: psutil.Process) -> bool:
-    try:
-        return not process.is_running() or process.status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:  # reaped between the two calls
-        return True

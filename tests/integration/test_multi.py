@@ -16,7 +16,7 @@ import pytest
 
 from qdeploy import App
 from qdeploy.daemon import read_pid
-from tests.integration.conftest import REPO, argv_of, run_cli, wait_until
+from tests.integration.conftest import REPO, argv_of, gone, run_cli, wait_until
 
 
 @pytest.fixture
@@ -73,7 +73,7 @@ def test_start_comes_up_with_node_options_then_stopwait(fleet, tapp):
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
     assert stopped.stdout.count("stopped") == 2
     for proc in masters.values():
-        assert not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
+        assert gone(proc)
     assert not list(fleet.dir.glob("*.pid"))
     assert fleet("stopwait", "2").stdout.count("not running") == 2
 
@@ -98,8 +98,8 @@ def test_stopwait_escalates_to_kill(fleet, tapp, rclient, namespace):
     assert result.returncode == 1
     assert "killed" in result.stdout and "SIGKILL" in result.stdout
     assert time.monotonic() - started < 10
-    wait_until(lambda: not child.is_running() or child.status() == psutil.STATUS_ZOMBIE, 5, what="child gone")
-    assert not master.is_running() or master.status() == psutil.STATUS_ZOMBIE
+    wait_until(lambda: gone(child), 5, what="child gone")
+    assert gone(master)
 
 
 def test_rolling_restart_keeps_a_node_up(fleet, tapp):
@@ -135,7 +135,7 @@ def test_kill_kills_master_and_children(fleet):
     result = fleet("kill", "1")
     assert result.returncode == 0 and "killed" in result.stdout
     for proc in procs:
-        assert not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
+        assert gone(proc)
 
 
 def test_config_mode_execs_the_rendered_argv(redis_server, namespace, tmp_path):

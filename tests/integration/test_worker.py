@@ -11,7 +11,7 @@ import time
 import psutil
 import pytest
 
-from tests.integration.conftest import wait_until
+from tests.integration.conftest import gone, wait_until
 from tests.integration.workers import runs
 
 
@@ -125,8 +125,7 @@ def test_sigkill_of_the_master_takes_the_children_and_another_node_recovers(mast
     wait_until(lambda: runs(rclient, namespace, res.id) == 1, 10, what="the task to start")
     m.signal(signal.SIGKILL)
     m.wait()
-    wait_until(lambda: not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children), 5,
-               what="the children to die with their master")
+    wait_until(lambda: all(gone(c) for c in children), 5, what="the children to die with their master")
     masters("-c", "1", env=env).ready()
     assert res.get(timeout=20) == 2
 
