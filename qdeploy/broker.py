@@ -210,8 +210,8 @@ class Broker:
         self._static: dict[tuple, tuple[list, list]] = {}
         self._local = threading.local()  # per thread: the connection of `_command`
         self._spin_misses = self._spin_backoff = 0  # see `_await_reply`
-        self._spares: list = []  # unconnected connections for the next child (`prepare_fork`)
-        self._spares_for = 0  # ...and the pid that must not use them (the one that made them)
+        self._for_child: list = []  # unconnected connections for the next child (`prepare_fork`)
+        self._for_child_by = 0  # ...and the pid that made them, which must not use them
         self._templates: list = []  # never connected here: each child uses its own copy
         # A plain pool's connections all go to one server; others (Sentinel) route per command.
         self._direct = type(self.client.connection_pool) is redis.ConnectionPool
@@ -393,7 +393,7 @@ class Broker:
         local, pid = self._local, os.getpid()
         conn = getattr(local, "conn", None)
         if conn is None or local.pid != pid:
-            conn = self._spares.pop() if self._spares and self._spares_for != pid else self._new_connection()
+            conn = self._for_child.pop() if self._for_child and self._for_child_by != pid else self._new_connection()
             local.conn, local.pid = conn, pid
         return conn
 
@@ -420,7 +420,7 @@ class Broker:
         so every child gets a pristine copy of them through fork."""
         while len(self._templates) < connections:
             self._templates.append(self._new_connection())
-        self._spares, self._spares_for = self._templates[:connections], os.getpid()
+        self._for_child, self._for_child_by = self._templates[:connections], os.getpid()
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
