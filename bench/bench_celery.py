@@ -6,7 +6,7 @@ import time
 
 from celery import Celery
 
-from benchlib import record
+from benchtask import record
 
 app = Celery("bench_celery", broker=os.environ.get("BENCH_REDIS_URL"))
 app.conf.update(

@@ -6,7 +6,7 @@ import time
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 
-from benchlib import record
+from benchtask import record
 
 broker = RedisBroker(url=os.environ.get("BENCH_REDIS_URL"))
 dramatiq.set_broker(broker)

@@ -1,9 +1,9 @@
-"""The qdeploy side of the benchmark: one no-op task that records its run (see benchlib)."""
+"""The qdeploy side of the benchmark: one no-op task that records its run (see benchtask)."""
 
 import os
 import time
 
-from benchlib import record
+from benchtask import record
 from qdeploy import App
 
 app = App("bench", broker=os.environ.get("BENCH_REDIS_URL"), namespace="bench")

@@ -1,6 +1,6 @@
 """The RQ side: the same no-op task, run by `rq worker-pool` (results not kept)."""
 
-from benchlib import record
+from benchtask import record
 
 
 def noop(i):

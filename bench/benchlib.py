@@ -1,10 +1,10 @@
 """Shared pieces of the benchmark: a private redis-server, the execution record, stats, memory.
 
-The execution record: every benchmark task (qdeploy and peers alike) calls `record(i)` when it
-starts, which appends `"<i> <time.time()>\\n"` to `$BENCH_RECORD_DIR/<pid>.log` with one
+The execution record: every benchmark task (qdeploy and peers alike) calls `benchtask.record(i)`
+when it starts, which appends `"<i> <time.time()>\\n"` to `$BENCH_RECORD_DIR/<pid>.log` with one
 unbuffered `os.write` (O_APPEND). Nothing goes through Redis, so counting costs every system the
 same ~2 µs and adds no round trip to the thing being measured; a process killed mid-run loses
-nothing it wrote. `read_records()` gives back, per task index, how many times it ran and the
+nothing it wrote. `Records.read()` gives back, per task index, how many times it ran and the
 start times: exactly-once means every index 0..n-1 appears once.
 """
 
@@ -21,21 +21,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchtask import LINE, record  # noqa: F401 - the task side, re-exported
+
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
-
-# -- the task side (imported by every benchmark app, inside worker processes) ----------------
-_fd: tuple[int, int] | None = None  # (pid, fd): a forked child must open its own file
-LINE = 29  # bytes per record line: "%010d %17.6f\n"
-
-
-def record(i) -> None:
-    global _fd
-    pid = os.getpid()
-    if _fd is None or _fd[0] != pid:
-        path = os.path.join(os.environ["BENCH_RECORD_DIR"], f"{pid}.log")
-        _fd = (pid, os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644))
-    os.write(_fd[1], b"%010d %17.6f\n" % (int(i), time.time()))  # fixed width: LINE bytes
 
 
 # -- the orchestrator side ---------------------------------------------------------------------
