@@ -14,11 +14,16 @@ its own module (bench_<system>.py), with 2 worker processes. The choices made fo
 * Dramatiq: `dramatiq -p 2 -t 1` and `-t 8` (8 is its default), Redis broker, `max_retries=0`;
   messages are acked after the actor ran. Dramatiq has no batched enqueue (a group sends one by
   one) and no max-tasks-per-child.
+
+Two references that are not task queues, for the drain workloads only (`reference = True`):
+`floor` is bench/floor.py, the least a fork-based Python worker can do per task and per recycled
+process on this machine, and `floor+redis` the same with redis-py imported into its parent.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 import shutil
 import sys
 from pathlib import Path
@@ -36,6 +41,7 @@ class System:
     family = ""  # the distribution; variants of one family share the producer measurements
     label = ""
     supports_mtpc = False
+    reference = False  # a reference (bench/floor.py) is measured in the drain workloads only
 
     def version(self) -> str | None:
         return _version(self.family)
@@ -189,4 +195,37 @@ class Dramatiq8(Dramatiq):
     threads = 8
 
 
-ALL = [Qdeploy(), Celery(), RQ(), RQSimple(), Dramatiq(), Dramatiq8()]
+class Floor(System):
+    key = family = "floor"
+    label = "bench/floor.py -p 2: fork, LMOVE, run, LREM, nothing else"
+    supports_mtpc = True
+    reference = True
+    imports: tuple[str, ...] = ()
+
+    def version(self):
+        return "(reference)"
+
+    def available(self) -> bool:
+        return all(importlib.util.find_spec(name) for name in self.imports)
+
+    def worker_argv(self, url, mtpc):
+        argv = [sys.executable, str(Path(__file__).resolve().parent / "floor.py"), url,
+                "--tasks-per-child", str(mtpc or 0)]
+        return argv + [arg for name in self.imports for arg in ("--import", name)]
+
+    def enqueue_batch(self, indices):
+        import os
+
+        import floor
+        import redis
+
+        floor.enqueue(redis.Redis.from_url(os.environ["BENCH_REDIS_URL"]), indices)
+
+
+class FloorRedis(Floor):
+    key = "floor+redis"
+    label = "bench/floor.py -p 2 --import redis"
+    imports = ("redis",)
+
+
+ALL = [Qdeploy(), Celery(), RQ(), RQSimple(), Dramatiq(), Dramatiq8(), Floor(), FloorRedis()]

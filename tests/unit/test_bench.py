@@ -1,4 +1,4 @@
-"""bench/: the pure parts (exactly-once check, table, targets) and a tiny end-to-end run."""
+"""bench/: the pure parts (exactly-once check, table, targets), the fork floor, and a tiny end-to-end run."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ BENCH = Path(__file__).resolve().parents[2] / "bench"
 sys.path.insert(0, str(BENCH))
 
 import benchlib  # noqa: E402
+import floor  # noqa: E402
 import run  # noqa: E402
 from systems import ALL  # noqa: E402
 
@@ -50,18 +51,100 @@ def test_table_and_targets_read_medians():
     assert met["drain ≥ 5× Celery"] and not met["max-tasks-per-child=1 ≥ 500 tasks/s"]
     assert met["max-tasks-per-child=10 ≥ 80 % of no recycling"] and met["enqueue batched ≥ 50k/s"]
     assert met["enqueue one by one ≥ 5× Celery"] and not met["first task ≤ 0.2 s after start"]
+    assert run.machine_context(results) == (
+        "The absolute targets were set on a 2-core machine where Celery drains ≈930/s and runs its first "
+        "task 0.45 s after start; in this run it drains 900/s and starts in 0.500 s.")
+    assert run.machine_context({"drain": results["drain"]}) is None, "without Celery's start-up: nothing"
+
+
+def test_targets_show_the_fork_floor_beside_the_recycling_targets():
+    systems = [s for s in ALL if s.key in ("qdeploy", "floor", "floor+redis")]
+    results = {
+        "drain": {"qdeploy": {"median": 8000.0}, "floor": {"median": 9000.0}, "floor+redis": {"median": 8500.0}},
+        "mtpc1": {"qdeploy": {"median": 300.0}, "floor": {"median": 400.0}, "floor+redis": {"median": 220.0}},
+        "mtpc10": {"qdeploy": {"median": 2000.0}, "floor": {"median": 2700.0}, "floor+redis": {"median": 1700.0}},
+    }
+    text = run.table(results, systems, dict(tasks=20000, mtpc1_tasks=2000))
+    assert "| max-tasks-per-child=1, 2000 tasks (tasks/s) | 300 | 400 (0.75×) | 220 (1.36×) |" in text
+    got = {name: (value, ok) for name, value, ok in run.targets(results)}
+    assert got["max-tasks-per-child=1 ≥ 500 tasks/s"] == ("300/s (floor 400/s, floor+redis 220/s)", False)
+    assert got["max-tasks-per-child=10 ≥ 80 % of no recycling"] == ("25 % (floor 30 %, floor+redis 20 %)", False)
+    del results["mtpc10"]["floor"], results["mtpc10"]["floor+redis"]  # without the floor: as before
+    assert dict((n, v) for n, v, _ in run.targets(results))["max-tasks-per-child=10 ≥ 80 % of no recycling"] == "25 %"
+
+
+@pytest.fixture(scope="module")
+def private_redis():
+    if shutil.which("redis-server") is None:
+        pytest.fail("redis-server is not installed: .ci/run installs it")
+    server = benchlib.RedisServer()
+    yield server
+    server.stop()
+
+
+def run_floor(server, tasks: int, *args: str) -> tuple[subprocess.CompletedProcess, dict, list[int]]:
+    """floor.py over `tasks` queued tasks: the process, the runs, the tasks each child ran."""
+    server.flush()
+    records = benchlib.Records()
+    floor.enqueue(server.client, range(tasks))
+    env = benchlib.base_env(server.url, records)
+    proc = subprocess.run([sys.executable, str(BENCH / "floor.py"), server.url, *args], env=env,
+                          capture_output=True, text=True, timeout=60)
+    runs = records.read()
+    children = sorted(f.stat().st_size // benchlib.LINE for f in records.dir.glob("*.log"))  # a file per pid
+    records.cleanup()
+    return proc, runs, children
+
+
+@pytest.mark.parametrize("per_child", [1, 10, 0])
+def test_the_fork_floor_runs_every_task_once_in_a_fresh_child_per_k_tasks(private_redis, per_child):
+    proc, runs, children = run_floor(private_redis, 40, "--tasks-per-child", str(per_child))
+    assert proc.returncode == 0, proc.stderr
+    assert benchlib.verify(runs, 40)["exactly_once"]
+    if per_child:  # two children drain at once, so a child may run fewer than K
+        assert max(children) <= per_child and len(children) >= 40 // per_child
+    else:
+        assert len(children) <= 2
+    assert private_redis.client.llen(floor.QUEUE) == 0
+    assert private_redis.client.keys("floor:inflight:*") == [], "every task is LREMed after it ran"
+
+
+def test_the_fork_floor_can_carry_redis_py(private_redis):
+    proc, runs, _ = run_floor(private_redis, 10, "--tasks-per-child", "1", "--import", "redis")
+    assert proc.returncode == 0 and benchlib.verify(runs, 10)["exactly_once"], proc.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["http://127.0.0.1:6379/0"], "expected a redis://host:port URL"),
+    (["redis://127.0.0.1/0"], "expected a redis://host:port URL"),
+    (["redis://127.0.0.1:1/0"], "floor: [Errno 111] Connection refused"),
+    (["{url}", "--import", "no_such_module_here"], "No module named 'no_such_module_here'"),
+    (["{url}", "--tasks-per-child", "-1"], "expected --tasks-per-child >= 0"),
+    (["{url}", "--processes", "0"], "expected --tasks-per-child >= 0 and --processes >= 1"),
+    (["{url}", "--tasks-per-child", "x"], "invalid int value: 'x'"),
+])
+def test_the_fork_floor_refuses_bad_arguments_in_one_line(private_redis, args, message):
+    private_redis.flush()
+    private_redis.client.rpush(floor.QUEUE, "[0]")
+    argv = [a.format(url=private_redis.url) for a in args]
+    proc = subprocess.run([sys.executable, str(BENCH / "floor.py"), *argv], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2 and message in proc.stderr.strip().splitlines()[-1], proc.stderr
+    assert private_redis.client.lrange(floor.QUEUE, 0, -1) == [b"[0]"], "nothing was consumed"
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
 def test_tiny_run_of_the_bench():
     proc = subprocess.run(
-        [sys.executable, str(BENCH / "run.py"), "--systems", "qdeploy", "--only", "drain,enqueue,render",
+        [sys.executable, str(BENCH / "run.py"), "--systems", "qdeploy,floor", "--only", "drain,mtpc10,enqueue,render",
          "--repeats", "1", "--tasks", "300", "--enqueue-one", "200", "--enqueue-batch", "500", "--no-write"],
         capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "| drain 300 no-op tasks" in proc.stdout
     assert "no task lost or run twice" in proc.stdout
+    assert "| workload | qdeploy | floor |" in proc.stdout
+    assert "enqueue floor" not in proc.stderr, "a reference is measured in the drains only"
+    assert "max-tasks-per-child=10 ≥ 80 % of no recycling" in proc.stdout and "(floor " in proc.stdout
 
 
 def test_tiny_io_bound_run_threads_beat_prefork():
