@@ -146,7 +146,14 @@ class ControlServer:
             client = connect(self.master.broker.url, retries=0, socket_timeout=2.0, connect_timeout=1.0)
             pubsub = client.pubsub(ignore_subscribe_messages=True)
             pubsub.subscribe(channel(self.ns))
-            self.fd = pubsub.connection._sock.fileno()
+            sock = getattr(pubsub.connection, "_sock", None)  # redis-py's, not public: the selector needs it
+            if sock is None:
+                pubsub.close()
+                self.retry_at = float("inf")  # no retrying: this redis-py will not grow one
+                log.error("control channel disabled: redis-py %s does not expose its connection's socket; "
+                          "this node will not answer inspect/control", getattr(redis, "__version__", "?"))
+                return
+            self.fd = sock.fileno()
             self.master.selector.register(self.fd, selectors.EVENT_READ, self)
             self.pubsub, self.client, self.backoff = pubsub, client, 0.5  # keep the client: its __del__ closes the pool
         except _DOWN + (redis.RedisError,) as exc:

@@ -156,3 +156,53 @@ def test_unknown_destination_and_nobody_online(cli):
     result = cli("control", "ping", "-d", "ghost", "--timeout", "0.3")
     assert result.returncode == 1 and "ghost" in result.stdout and "no such node online" in result.stdout
     assert cli("status").returncode == 1
+
+
+def test_a_redis_py_without_the_private_socket_disables_control_instead_of_crashing(
+        redis_server, namespace, monkeypatch, caplog):
+    """The master watches the control subscription's socket, which redis-py keeps in the private
+    `Connection._sock`. A redis-py without it must not crash the master: control is off, said
+    once, and not retried; with it, the socket is in the selector."""
+    import selectors
+    from types import SimpleNamespace
+
+    import redis
+
+    from qdeploy import control
+    from qdeploy.connection import connect
+
+    def master():
+        return SimpleNamespace(broker=SimpleNamespace(ns=namespace, url=redis_server.url),
+                               selector=selectors.DefaultSelector())
+
+    real = control.ControlServer(master())
+    assert real.fd is not None and real.master.selector.get_key(real.fd).data is real
+    real._drop()
+
+    class WithoutSock:  # a pub/sub whose connection has no `_sock`
+        def __init__(self, pubsub):
+            self.real, self.connection = pubsub, SimpleNamespace()
+
+        def subscribe(self, *channels):
+            return self.real.subscribe(*channels)
+
+        def close(self):
+            self.real.close()
+
+    calls = []
+
+    def fake_connect(url, **kw):
+        calls.append(url)
+        client = connect(url, **kw)
+        return SimpleNamespace(pubsub=lambda **opts: WithoutSock(client.pubsub(**opts)))
+
+    monkeypatch.setattr(control, "connect", fake_connect)
+    caplog.set_level("ERROR", logger="qdeploy.worker")
+    server = control.ControlServer(master())
+    server.tick()
+    server.tick()
+    assert server.fd is None and server.pubsub is None and not server.master.selector.get_map()
+    assert len(calls) == 1, "not retried"
+    assert [r.getMessage() for r in caplog.records if "control channel disabled" in r.getMessage()] == [
+        f"control channel disabled: redis-py {redis.__version__} does not expose its connection's socket; "
+        "this node will not answer inspect/control"]
