@@ -7,14 +7,14 @@
 A reference for the recycling workloads, not a task queue. The parent keeps `--processes`
 children alive: it opens a connection to Redis, forks, and the child LMOVEs one id from the queue
 into its own in-flight list (at-least-once, like every system in the bench), decodes the JSON
-body, runs the bench task (`benchlib.record`), LREMs it, and after K tasks (0: until the queue is
+body, runs the bench task (`benchtask.record`), LREMs it, and after K tasks (0: until the queue is
 empty) exits; the parent reaps it and forks the next. Everything a real worker adds costs more:
 there is no client library (raw RESP on a socket), no pipes, signals, logging, state machine,
 heartbeat or time limit. `--import redis` imports redis-py into the parent first, to show what
 forking a process that holds it costs.
 
 Bodies are JSON lists `[i]`, in the list `floor:q` (`enqueue`). The parent exits 0 once every
-child found the queue empty. Bad arguments: a one-line error and exit 2.
+child found the queue empty. Bad arguments: exit 2, the reason on the last line of stderr.
 """
 
 from __future__ import annotations
