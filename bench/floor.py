@@ -32,6 +32,8 @@ EMPTY = 3  # a child's exit code: the queue had nothing left
 
 
 def command(*args) -> bytes:
+    """One RESP command. qdeploy.broker.pack does the same, but importing qdeploy brings redis-py,
+    which the floor must not carry."""
     out = [b"*%d\r\n" % len(args)]
     for arg in args:
         arg = arg if isinstance(arg, bytes) else str(arg).encode()

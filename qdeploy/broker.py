@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import redis
 
-from qdeploy.connection import connect
+from qdeploy.connection import connect, socket_of
 
 SPIN = 100e-6  # how long `delay` polls for Redis's reply before it blocks (see Broker._await_reply)
 SPIN_MISSES = 3  # replies in a row slower than SPIN that turn the polling off...
@@ -332,8 +332,8 @@ class Broker:
         if self._spin_backoff:
             self._spin_backoff -= 1
             return
-        sock = getattr(conn, "_sock", None)  # redis-py's, not public: without it, just block
-        if sock is None:
+        sock = socket_of(conn)
+        if sock is None:  # a redis-py that does not expose it: just block
             return
         deadline = time.perf_counter() + SPIN
         while not select.select((sock,), (), (), 0)[0]:

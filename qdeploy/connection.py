@@ -110,6 +110,14 @@ def _quiet_handshake() -> dict:
 QUIET_HANDSHAKE = _quiet_handshake()
 
 
+def socket_of(conn):
+    """The socket of a redis-py connection, or None (not connected, or no connection at all).
+    redis-py keeps it in the private `_sock`, with no public equivalent; qdeploy reads it only
+    here, so a redis-py without it degrades (`delay` blocks instead of polling, the control
+    channel is off) instead of failing."""
+    return getattr(conn, "_sock", None)
+
+
 def _on_connect(conn) -> None:
     """redis-py's handshake, minus the health-check PING it would send before the connection's
     first command: it sends one when the handshake read no reply, as a quiet one (RESP2, no

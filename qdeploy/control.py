@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import redis
 
 from qdeploy.app import parse_rate
-from qdeploy.connection import connect
+from qdeploy.connection import connect, socket_of
 
 log = logging.getLogger("qdeploy.worker")
 
@@ -146,7 +146,7 @@ class ControlServer:
             client = connect(self.master.broker.url, retries=0, socket_timeout=2.0, connect_timeout=1.0)
             pubsub = client.pubsub(ignore_subscribe_messages=True)
             pubsub.subscribe(channel(self.ns))
-            sock = getattr(pubsub.connection, "_sock", None)  # redis-py's, not public: the selector needs it
+            sock = socket_of(pubsub.connection)  # what the selector watches
             if sock is None:
                 pubsub.close()
                 self.retry_at = float("inf")  # no retrying: this redis-py will not grow one
@@ -177,7 +177,7 @@ class ControlServer:
 
     def forget(self) -> None:
         """In a forked child: close our copy of the socket without touching the connection."""
-        sock = getattr(getattr(self.pubsub, "connection", None), "_sock", None)
+        sock = socket_of(getattr(self.pubsub, "connection", None))
         if sock is not None:
             try:
                 os.close(sock.detach())
@@ -203,7 +203,7 @@ class ControlServer:
     def _track_socket(self) -> None:
         """redis-py may reconnect a pub/sub connection by itself, closing the old socket: keep the
         selector in step before the master reuses that fd number for a child's pipe."""
-        sock = getattr(getattr(self.pubsub, "connection", None), "_sock", None)
+        sock = socket_of(getattr(self.pubsub, "connection", None))
         fd = sock.fileno() if sock is not None else None
         if fd == self.fd:
             return
