@@ -32,7 +32,7 @@ EMPTY = 3  # a child's exit code: the queue had nothing left
 
 
 def command(*args) -> bytes:
-    """One RESP command. qdeploy.broker.pack does the same, but importing qdeploy brings redis-py,
+    """One RESP command. qdeploy.core.broker.pack does the same, but importing qdeploy brings redis-py,
     which the floor must not carry."""
     out = [b"*%d\r\n" % len(args)]
     for arg in args:

@@ -11,9 +11,9 @@ __all__ = ["App", "AsyncResult", "__version__"]
 
 def __getattr__(name):  # lazy, so `import qdeploy` (e.g. for the CLI) stays cheap
     if name == "App":
-        from qdeploy.app import App
+        from qdeploy.core.app import App
         return App
     if name == "AsyncResult":
-        from qdeploy.results import AsyncResult
+        from qdeploy.core.results import AsyncResult
         return AsyncResult
     raise AttributeError(f"module 'qdeploy' has no attribute {name!r}")

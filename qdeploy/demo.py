@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import time
 
-from qdeploy.app import App
+from qdeploy.core.app import App
 
 app = App("demo", broker=os.environ.get("QDEPLOY_BROKER"),
           namespace=os.environ.get("QDEPLOY_NAMESPACE", "qdeploy"))

@@ -21,7 +21,7 @@ def isolated(tmp_path, monkeypatch):
     for name in list(os.environ):
         if name.startswith("QDEPLOY_"):
             monkeypatch.delenv(name)
-    monkeypatch.setattr("qdeploy.config.SYSTEM_CONFIG", str(tmp_path / "no-such-system-config.toml"))
+    monkeypatch.setattr("qdeploy.generator.config.SYSTEM_CONFIG", str(tmp_path / "no-such-system-config.toml"))
     monkeypatch.chdir(tmp_path)
     return tmp_path
 

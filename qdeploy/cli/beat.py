@@ -10,9 +10,9 @@ import json
 import click
 import redis
 
-from qdeploy import daemon
+from qdeploy.service import daemon
 from qdeploy.cli.common import SERVICE_KEYS, config_option, daemon_options, fail, load_config, setting_options
-from qdeploy.connection import BrokerURLError, redact
+from qdeploy.core.connection import BrokerURLError, redact
 
 EX_USAGE, EX_UNAVAILABLE = 2, 3
 
@@ -23,7 +23,8 @@ EX_USAGE, EX_UNAVAILABLE = 2, 3
 @setting_options(SERVICE_KEYS)
 def beat(config_file, uid, gid, allow_root, pidfile, logfile, log_format, detach, **settings):
     """Run the periodic task scheduler. Any number may run: one leads and sends, each run once."""
-    from qdeploy import beatboot, service
+    from qdeploy.beat import boot as beatboot
+    from qdeploy.service import boot as service
 
     cli = dict(settings)
     cfg = load_config(config_file, settings)
@@ -48,9 +49,9 @@ class Context:
     def load(self):
         """(app, store, static entries, timezone); exits 2/3 with one line on failure."""
         if self._loaded is None:
-            from qdeploy.app import AppImportError, load_app
-            from qdeploy.beatboot import BootError, static_entries
-            from qdeploy.beatstore import BeatStore
+            from qdeploy.core.app import AppImportError, load_app
+            from qdeploy.beat.boot import BootError, static_entries
+            from qdeploy.beat.store import BeatStore
 
             cfg = load_config(self.config_file, dict(self.settings))
             try:
@@ -70,7 +71,7 @@ class Context:
 
 
 def _name(name: str) -> str:
-    from qdeploy.beatentry import EntryError, check_name
+    from qdeploy.beat.entry import EntryError, check_name
 
     try:
         return check_name(name)
@@ -92,8 +93,8 @@ def schedule(ctx, config_file, **settings):
 @click.pass_obj
 def list_(obj: Context, as_json):
     """Every entry: the app's, the config file's and the dynamic ones."""
-    from qdeploy.beatentry import EntryError, from_json
-    from qdeploy.schedule import every
+    from qdeploy.beat.entry import EntryError, from_json
+    from qdeploy.beat.schedule import every
 
     app, store, static, tz = obj.load()
     _, stored, disabled = store.load()
@@ -154,7 +155,7 @@ def _json_arg(value: str | None, what: str, kind: type):
 @click.pass_obj
 def add(obj: Context, name, task, every, cron, zone, args_json, kwargs_json, queue, expires, replace):
     """Add a dynamic entry NAME that sends TASK."""
-    from qdeploy.beatentry import EntryError, dynamic_spec
+    from qdeploy.beat.entry import EntryError, dynamic_spec
 
     name = _name(name)
     if (every is None) == (cron is None):

@@ -9,8 +9,8 @@ from typing import Any, NoReturn
 
 import click
 
-from qdeploy import config as config_mod
-from qdeploy.settings import BY_KEY, Setting
+from qdeploy.generator import config as config_mod
+from qdeploy.generator.settings import BY_KEY, Setting
 
 
 def fail(message: str, code: int = 1) -> NoReturn:

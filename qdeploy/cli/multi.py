@@ -1,4 +1,4 @@
-"""`qdeploy multi`: parse Celery's multi syntax, delegate to qdeploy.multi, print a table."""
+"""`qdeploy multi`: parse Celery's multi syntax, delegate to qdeploy.ops.multi, print a table."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 
 import click
 
-from qdeploy import multi as multi_mod
+from qdeploy.ops import multi as multi_mod
 from qdeploy.cli.common import fail, load_config
 
 

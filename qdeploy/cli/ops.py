@@ -1,5 +1,5 @@
 """Operate a running fleet: `qdeploy status`, `inspect`, `control`, `queues`, `dead-letter`,
-`purge`, `dashboard`. Parse, call qdeploy.control / qdeploy.fleet, print a table (or --json).
+`purge`, `dashboard`. Parse, call qdeploy.ops.control / qdeploy.ops.fleet, print a table (or --json).
 
 Exit codes: 0 ok, 1 some node did not answer / nothing online / refused, 2 bad input,
 3 broker unreachable.
@@ -59,7 +59,7 @@ def _age(seconds) -> str:
 
 
 def _destinations(values, command):
-    from qdeploy.control import check_destinations
+    from qdeploy.ops.control import check_destinations
 
     try:
         return check_destinations(values)
@@ -103,7 +103,7 @@ def gathered_timeout(gathered) -> str:
 @json_option
 def status(app_path, broker, as_json):
     """Online nodes (from their heartbeats): pool size, tasks done, uptime."""
-    from qdeploy import fleet
+    from qdeploy.ops import fleet
 
     rows = _call(lambda: fleet.status(_broker(app_path, broker, "status")), "status")
     if as_json:
@@ -141,7 +141,7 @@ INSPECT_ROWS = {
 @json_option
 def inspect(what, destination, timeout, app_path, broker, as_json):
     """Ask live nodes: active | reserved | scheduled | stats | registered | queues."""
-    from qdeploy.control import Control
+    from qdeploy.ops.control import Control
 
     dest = _destinations(destination, "inspect")
     gathered = _call(lambda: Control(_broker(app_path, broker, "inspect")).inspect(what, dest, timeout), "inspect")
@@ -165,7 +165,7 @@ def control(command, args, terminate, destination, timeout, app_path, broker, as
     rate-limit TASK 10/s   (or 100/m, 5/h; 0 removes it): the node's children are recycled
     gracefully to pick it up. revoke marks the ids in Redis (never run), then asks the nodes.
     """
-    from qdeploy.control import TASK_ID, Control
+    from qdeploy.ops.control import TASK_ID, Control
 
     dest = _destinations(destination, "control")
     payload = _control_args(command, list(args), terminate)
@@ -179,8 +179,8 @@ def control(command, args, terminate, destination, timeout, app_path, broker, as
 
 
 def _control_args(command: str, args: list[str], terminate: bool) -> dict:
-    from qdeploy.app import parse_rate
-    from qdeploy.control import TASK_ID
+    from qdeploy.core.app import parse_rate
+    from qdeploy.ops.control import TASK_ID
 
     if command in ("pool-grow", "pool-shrink"):
         if len(args) > 1 or (args and not (args[0].isdigit() and 1 <= int(args[0]) <= 64)):
@@ -210,7 +210,7 @@ def _control_args(command: str, args: list[str], terminate: bool) -> dict:
 @json_option
 def queues(app_path, broker, as_json):
     """Per queue: ready, in flight, scheduled (ETA/retry) and dead-lettered messages."""
-    from qdeploy import fleet
+    from qdeploy.ops import fleet
 
     rows = _call(lambda: fleet.queue_stats(_broker(app_path, broker, "queues")), "queues")
     if as_json:
@@ -233,7 +233,7 @@ def dead_letter():
 @json_option
 def dead_list(limit, app_path, broker, as_json):
     """The newest dead letters and why they died."""
-    from qdeploy import fleet
+    from qdeploy.ops import fleet
 
     rows = _call(lambda: fleet.dead_letter_list(_broker(app_path, broker, "dead-letter"), limit), "dead-letter")
     if as_json:
@@ -252,7 +252,7 @@ def dead_list(limit, app_path, broker, as_json):
 @json_option
 def dead_requeue(ids, everything, app_path, broker, as_json):
     """Put dead letters (by id, or --all) back at the head of their queue."""
-    from qdeploy import fleet
+    from qdeploy.ops import fleet
 
     if bool(ids) == everything:
         fail("dead-letter", "give task ids or --all (not both)", EXIT_USAGE)
@@ -271,7 +271,7 @@ def dead_requeue(ids, everything, app_path, broker, as_json):
 @broker_option
 def dead_purge(yes, app_path, broker):
     """Delete every dead letter."""
-    from qdeploy import fleet
+    from qdeploy.ops import fleet
 
     b = _broker(app_path, broker, "dead-letter")
     count = _call(b.dead_letter_count, "dead-letter")
@@ -286,8 +286,8 @@ def dead_purge(yes, app_path, broker):
 @broker_option
 def purge(names, yes, app_path, broker):
     """Delete every waiting (ready and scheduled) message; running ones finish."""
-    from qdeploy import fleet
-    from qdeploy.datatypes import QUEUE_NAME
+    from qdeploy.ops import fleet
+    from qdeploy.generator.datatypes import QUEUE_NAME
 
     b = _broker(app_path, broker, "purge")
     stats = {r["queue"]: r for r in _call(lambda: fleet.queue_stats(b), "purge")}
@@ -333,7 +333,7 @@ def _call(fn, command):
 @broker_option
 def dashboard(port, bind, auth, refresh, app_path, broker):
     """A read-only web dashboard: nodes, queues, recent and failed tasks, live-updating."""
-    from qdeploy import dashboard as dash
+    from qdeploy.ops import dashboard as dash
 
     if auth is not None and (":" not in auth or not auth.partition(":")[0] or not auth.partition(":")[2]):
         fail("dashboard", "--auth must be USER:PASS", EXIT_USAGE)

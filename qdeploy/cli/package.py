@@ -8,10 +8,10 @@ from pathlib import Path
 import click
 
 from qdeploy import __version__
-from qdeploy import package as package_mod
+from qdeploy.deploy import package as package_mod
 from qdeploy.cli.common import config_option, fail, load_config, setting_options
-from qdeploy.config import ConfigError
-from qdeploy.settings import SETTINGS
+from qdeploy.generator.config import ConfigError
+from qdeploy.generator.settings import SETTINGS
 
 # The render settings, except executable: the package forces the venv it installs.
 PACKAGE_KEYS = [s.key for s in SETTINGS if s.flag and s.key != "executable"]

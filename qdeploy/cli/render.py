@@ -8,11 +8,11 @@ from pathlib import Path
 
 import click
 
-from qdeploy import render as render_mod
-from qdeploy import tree
+from qdeploy.generator import render as render_mod
+from qdeploy.generator import tree
 from qdeploy.cli.common import config_option, fail, load_config, setting_options
-from qdeploy.config import ConfigError
-from qdeploy.settings import SETTINGS
+from qdeploy.generator.config import ConfigError
+from qdeploy.generator.settings import SETTINGS
 
 RENDER_KEYS = [s.key for s in SETTINGS if s.flag]
 

@@ -14,7 +14,7 @@ import sys
 import click
 import redis
 
-from qdeploy.connection import BrokerURLError, redact
+from qdeploy.core.connection import BrokerURLError, redact
 
 EXIT_OK, EXIT_TASK_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_TIMEOUT = 0, 1, 2, 3, 4
 DEFAULT_APP = "qdeploy.demo:app"
@@ -26,7 +26,7 @@ def fail(command: str, text: str, code: int) -> None:
 
 
 def load_app(path: str, command: str):
-    from qdeploy.app import App
+    from qdeploy.core.app import App
 
     module_name, _, attr = path.partition(":")
     try:
@@ -123,7 +123,7 @@ def result(task_id, app_path, broker, wait, timeout, as_json, with_traceback):
 
 
 def _show(res, timeout, as_json, with_traceback) -> int:
-    from qdeploy.results import ResultTimeout
+    from qdeploy.core.results import ResultTimeout
 
     if timeout is not None:
         try:

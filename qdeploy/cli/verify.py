@@ -20,7 +20,7 @@ from qdeploy.cli.common import fail
 @click.option("-v", "--verbose", is_flag=True, help="One line per check.")
 def verify(hosts, config, sudo, no_workers, select, verbose):
     """Check a deployed host: user, dirs, config, units, processes, workers answering."""
-    from qdeploy import verify as verify_mod
+    from qdeploy.deploy import verify as verify_mod
 
     try:
         code = verify_mod.run(hosts, config, sudo=sudo, workers=not no_workers, verbose=verbose, select=select)

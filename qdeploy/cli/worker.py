@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import click
 
-from qdeploy import daemon
+from qdeploy.service import daemon
 from qdeploy.cli.common import SERVICE_KEYS, config_option, daemon_options, fail, load_config, setting_options
-from qdeploy.config import ConfigError
-from qdeploy.datatypes import NODE_NAME
-from qdeploy.settings import SETTINGS
+from qdeploy.generator.config import ConfigError
+from qdeploy.generator.datatypes import NODE_NAME
+from qdeploy.generator.settings import SETTINGS
 
 WORKER_KEYS = [s.key for s in SETTINGS if s.flag and (s.per_node or s.key in SERVICE_KEYS)]
 
@@ -26,7 +26,7 @@ WORKER_KEYS = [s.key for s in SETTINGS if s.flag and (s.per_node or s.key in SER
 def worker(config_file, node, hostname, uid, gid, allow_root, pidfile, logfile, log_format, detach,
            max_tasks_jitter, max_memory_per_child_hard, **settings):
     """Run a worker node: a master that forks and supervises N consuming children."""
-    from qdeploy.datatypes import size_kib
+    from qdeploy.generator.datatypes import size_kib
     from qdeploy.worker import boot, options
 
     cfg = load_config(config_file, settings)

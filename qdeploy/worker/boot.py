@@ -1,4 +1,4 @@
-"""Start a worker node: the shared service boot (qdeploy.service), then the master loop or,
+"""Start a worker node: the shared service boot (qdeploy.service.boot), then the master loop or,
 with `-P solo`, the consumer loop in this process.
 
 Everything the children need is imported before the privilege drop, so a service user that
@@ -12,8 +12,8 @@ import json
 import logging
 import os
 
-from qdeploy import daemon, service
-from qdeploy.sdnotify import Notifier
+from qdeploy.service import daemon, boot as service
+from qdeploy.service.sdnotify import Notifier
 from qdeploy.worker import child  # noqa: F401 - loaded before privileges are dropped
 from qdeploy.worker.master import ADOPT_ENV, Master
 from qdeploy.worker.options import WorkerOptions

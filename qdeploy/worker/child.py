@@ -24,9 +24,9 @@ from typing import Callable
 
 import redis
 
-from qdeploy import message, results
-from qdeploy.app import App, Request, Retry, SoftTimeLimitExceeded, Task, TimeLimitExceeded
-from qdeploy.broker import Broker, Reserved
+from qdeploy.core import message, results
+from qdeploy.core.app import App, Request, Retry, SoftTimeLimitExceeded, Task, TimeLimitExceeded
+from qdeploy.core.broker import Broker, Reserved
 from qdeploy.worker.heartbeat import Heartbeat
 
 log = logging.getLogger("qdeploy.worker")

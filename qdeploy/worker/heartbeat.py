@@ -17,7 +17,7 @@ import time
 
 import redis
 
-from qdeploy.broker import Broker
+from qdeploy.core.broker import Broker
 
 log = logging.getLogger("qdeploy.worker")
 

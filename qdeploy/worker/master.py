@@ -25,10 +25,10 @@ from collections import deque
 
 import redis
 
-from qdeploy import results
-from qdeploy.control import ControlServer
-from qdeploy.daemon import signal_pid
-from qdeploy.sdnotify import Notifier
+from qdeploy.core import results
+from qdeploy.ops.control import ControlServer
+from qdeploy.service.daemon import signal_pid
+from qdeploy.service.sdnotify import Notifier
 from qdeploy.worker.child import prepare
 from qdeploy.worker.options import WorkerOptions
 from qdeploy.worker.process import CHILD_BOOT_ERROR, child_main, set_title
@@ -170,7 +170,7 @@ class Master:
         log.warning("state: %s", json.dumps(self.state()))
 
     def handle_usr2(self) -> None:
-        from qdeploy.worker import logs
+        from qdeploy.service import logs
 
         logs.reopen()
         for child in self.children.values():

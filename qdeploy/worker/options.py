@@ -6,9 +6,9 @@ import os
 import socket
 from dataclasses import dataclass
 
-from qdeploy.config import Config
-from qdeploy import service
-from qdeploy.settings import NODE_SETTINGS
+from qdeploy.generator.config import Config
+from qdeploy.service import boot as service
+from qdeploy.generator.settings import NODE_SETTINGS
 
 
 @dataclass(frozen=True, kw_only=True)

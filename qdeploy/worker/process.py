@@ -18,7 +18,7 @@ import threading
 import time
 from typing import NoReturn
 
-from qdeploy.worker import logs
+from qdeploy.service import logs
 from qdeploy.worker.options import WorkerOptions
 
 log = logging.getLogger("qdeploy.worker")
@@ -125,7 +125,7 @@ class ChildLink:
     def enforce_soft_limits(self) -> None:
         """Raise SoftTimeLimitExceeded in threads past their soft deadline (SIGALRM only reaches
         the main thread). Takes effect at the thread's next Python instruction."""
-        from qdeploy.app import SoftTimeLimitExceeded
+        from qdeploy.core.app import SoftTimeLimitExceeded
 
         now = time.monotonic()
         for ident, (deadline, task_id) in list(self.running.items()):

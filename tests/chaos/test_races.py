@@ -72,7 +72,7 @@ def test_a_recovered_copy_of_an_acked_task_keeps_its_success(cluster):
     assert slow.id == result.id
     assert broker.requeue_consumer("slow@a/1", unregister=True) == 1  # recovery puts a copy back
     broker.client.rpush(f"{cluster.ns}:inflight:slow@a/1", result.id)  # ...while the slow node still runs it
-    from qdeploy import results
+    from qdeploy.core import results
 
     broker.ack("slow@a/1", result.id, results.record(results.SUCCESS, result=3))  # the slow run finishes
     assert app.results.get(result.id)["state"] == "SUCCESS"

@@ -276,7 +276,7 @@ import os
 import pwd
 import time
 
-from qdeploy.app import App
+from qdeploy.core.app import App
 
 app = App("e2eapp", namespace=os.environ.get("QDEPLOY_NAMESPACE", "qdeploy"))
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from qdeploy import package as package_mod
+from qdeploy.deploy import package as package_mod
 from tests.e2e.host import Host, build_app_wheel, build_package
 from tests.e2e.test_host_worker import redis_url  # noqa: F401 - the private redis-server fixture
 

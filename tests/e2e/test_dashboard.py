@@ -157,8 +157,8 @@ def test_auth_read_only_and_headers(live):
 
 
 def test_binds_loopback_by_default(redis_server):  # noqa: F811
-    from qdeploy.broker import Broker
-    from qdeploy.dashboard import make_server
+    from qdeploy.core.broker import Broker
+    from qdeploy.ops.dashboard import make_server
 
     server = make_server(Broker(redis_server.url, "x"), port=0)
     try:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from qdeploy import package as package_mod
+from qdeploy.deploy import package as package_mod
 from tests.e2e.host import Host, build_app_wheel, build_package
 
 CONFIG = """\

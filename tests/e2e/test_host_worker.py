@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from qdeploy import package as package_mod
+from qdeploy.deploy import package as package_mod
 from tests.e2e.host import Host, build_app_wheel, build_package, qdeploy_cli
 
 GRACEFUL = 20  # worker.graceful_timeout: TimeoutStopSec = 35

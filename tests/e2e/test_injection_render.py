@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from qdeploy import config, render
+from qdeploy.generator import config, render
 from qdeploy.cli import main
 from tests.e2e.test_systemd_units import systemd_split
 

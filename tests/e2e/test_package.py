@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from qdeploy import package as package_mod
+from qdeploy.deploy import package as package_mod
 from tests.e2e.host import build_app_wheel, build_package, qdeploy_cli, rootfs
 
 CONFIG = """\

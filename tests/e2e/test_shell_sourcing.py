@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from qdeploy.filters import sh
+from qdeploy.generator.filters import sh
 from tests.e2e.conftest import render_tree
 
 HOSTILE = [

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from qdeploy import config, render
+from qdeploy.generator import config, render
 from tests.conftest import GOLDEN
 from tests.e2e.conftest import render_tree
 

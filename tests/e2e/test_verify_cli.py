@@ -11,7 +11,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from qdeploy import verify as verify_mod
+from qdeploy.deploy import verify as verify_mod
 from qdeploy.cli import main
 
 BIN = Path(sys.executable).parent
@@ -27,7 +27,7 @@ def test_missing_testinfra_is_one_line_telling_what_to_install(monkeypatch):
 
 def test_pytest_arguments_isolate_the_run():
     args = verify_mod.pytest_args("ssh://admin@web1", "/etc/q.toml", sudo=True, workers=False, select="units")
-    assert args[0].endswith("qdeploy/verify_suite.py") and Path(args[0]).is_file()
+    assert args[0].endswith("qdeploy/deploy/verify_suite.py") and Path(args[0]).is_file()
     assert "--hosts=ssh://admin@web1" in args and "--qdeploy-config=/etc/q.toml" in args
     assert {"--sudo", "--qdeploy-no-workers", "--noconftest", "no:cacheprovider"} <= set(args)
     assert args[args.index("-c") + 1] == "/dev/null" and args[args.index("-k") + 1] == "units"

@@ -84,7 +84,7 @@ def stuck(self, seconds):
 
 @app.task(name="t.soft")
 def soft(seconds):
-    from qdeploy.app import SoftTimeLimitExceeded
+    from qdeploy.core.app import SoftTimeLimitExceeded
 
     try:
         time.sleep(seconds)
@@ -99,7 +99,7 @@ _leaked: list = []
 @app.task(name="t.spin")
 def spin(seconds):
     """Busy Python code (no blocking C call): a soft limit interrupts it anywhere."""
-    from qdeploy.app import SoftTimeLimitExceeded
+    from qdeploy.core.app import SoftTimeLimitExceeded
 
     end = time.monotonic() + seconds
     try:

@@ -5,8 +5,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from qdeploy.app import SoftTimeLimitExceeded
-from qdeploy.results import TaskFailed, TaskRevoked, ResultTimeout
+from qdeploy.core.app import SoftTimeLimitExceeded
+from qdeploy.core.results import TaskFailed, TaskRevoked, ResultTimeout
 from qdeploy.worker import Consumer
 from tests.integration.conftest import drain, ns_keys
 

@@ -5,7 +5,7 @@ import pickle
 
 import pytest
 
-from qdeploy import message
+from qdeploy.core import message
 from tests.integration.conftest import drain, ns_keys
 
 

@@ -8,11 +8,11 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from qdeploy import message
-from qdeploy.beat import Beat
-from qdeploy.beatentry import dynamic_spec, load_entries
-from qdeploy.beatstore import ALREADY_DONE, DISPATCHED, NOT_LEADER, BeatStore, run_id
-from qdeploy.broker import Broker
+from qdeploy.core import message
+from qdeploy.beat.scheduler import Beat
+from qdeploy.beat.entry import dynamic_spec, load_entries
+from qdeploy.beat.store import ALREADY_DONE, DISPATCHED, NOT_LEADER, BeatStore, run_id
+from qdeploy.core.broker import Broker
 
 UTC = timezone.utc
 NY = ZoneInfo("America/New_York")

@@ -17,8 +17,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from qdeploy.beatstore import BeatStore
-from qdeploy.broker import Broker
+from qdeploy.beat.store import BeatStore
+from qdeploy.core.broker import Broker
 from tests.integration.conftest import REPO, free_port, run_cli, wait_until
 from tests.integration.workers import Notify
 

@@ -39,7 +39,7 @@ def test_enqueue_wait_kwargs_and_failures(cli, workers):
 
 
 def test_worker_exits_0_on_sigterm_after_finishing_the_current_task(cli, workers, redis_server, namespace):
-    from qdeploy.app import App
+    from qdeploy.core.app import App
     app = App("demo", broker=redis_server.url, namespace=namespace)
     res = app.send_task("demo.sleep", [1.0])
     w = workers("-A", "qdeploy.demo:app", "-n", "term@test")

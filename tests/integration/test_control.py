@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from qdeploy.broker import Broker
-from qdeploy.control import Control
+from qdeploy.core.broker import Broker
+from qdeploy.ops.control import Control
 from tests.integration.conftest import gone, run_cli, wait_until
 
 
@@ -168,8 +168,8 @@ def test_a_redis_py_without_the_private_socket_disables_control_instead_of_crash
 
     import redis
 
-    from qdeploy import control
-    from qdeploy.connection import connect
+    from qdeploy.ops import control
+    from qdeploy.core.connection import connect
 
     def master():
         return SimpleNamespace(broker=SimpleNamespace(ns=namespace, url=redis_server.url),

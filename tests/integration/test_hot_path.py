@@ -51,7 +51,7 @@ def test_a_consumer_running_one_task_makes_two_scripted_calls(app, rclient, name
 def test_a_new_pooled_connection_sends_no_health_check_ping(redis_server, rclient):
     """The same for the pool's connections (the master's, control's, results'): redis-py would
     PING before the first command of a connection whose handshake read no reply."""
-    from qdeploy.connection import connect
+    from qdeploy.core.connection import connect
 
     client = connect(redis_server.url)
     ping, get = calls(rclient, "ping"), calls(rclient, "get")
@@ -184,7 +184,7 @@ def test_delay_polls_for_a_prompt_reply_and_stops_when_replies_are_slow(app):
     import socket
     from types import SimpleNamespace
 
-    from qdeploy import broker as broker_mod
+    from qdeploy.core import broker as broker_mod
 
     broker = app.connect_broker()
     mine, redis_end = socket.socketpair()

@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from qdeploy import App
-from qdeploy.daemon import read_pid
+from qdeploy.service.daemon import read_pid
 from tests.integration.conftest import REPO, argv_of, gone, run_cli, wait_until
 
 

@@ -84,7 +84,7 @@ def test_no_password_in_output(make_server, namespace):
     result = run_cli("status", env={"QDEPLOY_NAMESPACE": namespace, "QDEPLOY_BROKER": wrong})
     assert result.returncode == 3 and "wrong-pw" not in result.stderr and "***" in result.stderr
 
-    from qdeploy.broker import Broker
-    from qdeploy.dashboard import snapshot
+    from qdeploy.core.broker import Broker
+    from qdeploy.ops.dashboard import snapshot
 
     assert "s3cr3t-pw" not in json.dumps(snapshot(Broker(server.url, namespace)))

@@ -1,6 +1,6 @@
 """Redis restarted mid-run (same port, data reloaded from its snapshot): nothing is lost."""
 
-from qdeploy.app import App
+from qdeploy.core.app import App
 from tests.integration.conftest import wait_until
 
 

@@ -1,7 +1,7 @@
 """At-least-once with real worker processes: SIGKILL, dead nodes, live long tasks, poison."""
 
 
-from qdeploy.app import App
+from qdeploy.core.app import App
 from qdeploy.worker import Consumer
 from tests.integration.conftest import drain, wait_until
 

@@ -6,7 +6,7 @@ import subprocess
 import pytest
 import redis
 
-from qdeploy.app import App
+from qdeploy.core.app import App
 from tests.integration.conftest import drain, free_port, run_cli, wait_until
 
 

@@ -13,7 +13,7 @@ import time
 import psutil
 import pytest
 
-from qdeploy import daemon
+from qdeploy.service import daemon
 from tests.integration.conftest import REPO, free_port, wait_until
 from tests.integration.workers import runs
 

@@ -4,7 +4,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from qdeploy.app import App, backoff, parse_rate
+from qdeploy.core.app import App, backoff, parse_rate
 
 
 def test_backoff_grows_exponentially_within_equal_jitter_bounds():

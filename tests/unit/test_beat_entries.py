@@ -7,11 +7,11 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from qdeploy.app import App
-from qdeploy.beatentry import EntryError, dynamic_spec, from_json, load_entries, parse_entry
-from qdeploy.beatstore import from_us, run_id, to_us
-from qdeploy.config import ConfigError, load
-from qdeploy.schedule import crontab, every
+from qdeploy.core.app import App
+from qdeploy.beat.entry import EntryError, dynamic_spec, from_json, load_entries, parse_entry
+from qdeploy.beat.store import from_us, run_id, to_us
+from qdeploy.generator.config import ConfigError, load
+from qdeploy.beat.schedule import crontab, every
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 

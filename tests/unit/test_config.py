@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from qdeploy import config
-from qdeploy.config import ConfigError
-from qdeploy.settings import SETTINGS
+from qdeploy.generator import config
+from qdeploy.generator.config import ConfigError
+from qdeploy.generator.settings import SETTINGS
 
 
 def test_defaults_without_any_file(isolated):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from qdeploy.connection import BrokerURLError, connect, parse_sentinel_url, redact
+from qdeploy.core.connection import BrokerURLError, connect, parse_sentinel_url, redact
 
 
 def test_sentinel_url_full_syntax():
@@ -56,14 +56,14 @@ def test_pack_is_what_redis_py_sends(args):
     """The hot paths pack their own commands; the bytes must be exactly redis-py's."""
     from redis.connection import Connection
 
-    from qdeploy.broker import pack
+    from qdeploy.core.broker import pack
 
     assert pack(args) == b"".join(Connection().pack_command(*args))
 
 
 @pytest.mark.parametrize("bad", [None, True, object(), ["list"]])
 def test_pack_refuses_what_redis_cannot_store(bad):
-    from qdeploy.broker import pack
+    from qdeploy.core.broker import pack
 
     with pytest.raises(TypeError, match="cannot send"):
         pack(("SET", "k", bad))

@@ -4,7 +4,7 @@ import threading
 
 import pytest
 
-from qdeploy import daemon
+from qdeploy.service import daemon
 
 
 def test_nodes_racing_to_create_the_same_directories_all_succeed(tmp_path):

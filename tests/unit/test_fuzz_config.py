@@ -11,9 +11,9 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from qdeploy import config, render
+from qdeploy.generator import config, render
 from qdeploy.cli import main
-from qdeploy.settings import BY_KEY, NODE_SETTINGS, SETTINGS
+from qdeploy.generator.settings import BY_KEY, NODE_SETTINGS, SETTINGS
 
 FUZZ = settings(max_examples=250, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])

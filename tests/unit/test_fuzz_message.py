@@ -9,8 +9,8 @@ import json
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from qdeploy import message
-from qdeploy.message import MalformedMessage
+from qdeploy.core import message
+from qdeploy.core.message import MalformedMessage
 
 FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -18,7 +18,7 @@ def test_a_worker_does_not_load_the_asyncio_client_or_psutil():
 
 
 def test_redis_asyncio_still_works_for_code_that_uses_it():
-    out = run("import qdeploy.broker, redis, redis.asyncio as aio\n"
+    out = run("import qdeploy.core.broker, redis, redis.asyncio as aio\n"
               "from redis.asyncio import Redis\n"
               "assert aio.Redis is Redis is redis.asyncio.client.Redis\n"
               "assert hasattr(aio, 'Sentinel') and not hasattr(aio, 'NoSuchName')\n"
@@ -28,7 +28,7 @@ def test_redis_asyncio_still_works_for_code_that_uses_it():
 
 
 def test_nothing_is_deferred_when_redis_came_first():
-    out = run("import redis, qdeploy.broker, sys\n"
+    out = run("import redis, qdeploy.core.broker, sys\n"
               "print(type(sys.modules['redis.asyncio']).__name__, 'redis.asyncio.client' in sys.modules)")
     assert out == "module True"
 

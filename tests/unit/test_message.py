@@ -5,8 +5,8 @@ import pickle
 
 import pytest
 
-from qdeploy import message
-from qdeploy.message import MalformedMessage
+from qdeploy.core import message
+from qdeploy.core.message import MalformedMessage
 
 
 def good(**over) -> dict:

@@ -8,8 +8,8 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from qdeploy import config as config_mod
-from qdeploy import multi
+from qdeploy.generator import config as config_mod
+from qdeploy.ops import multi
 from qdeploy.cli import main
 from qdeploy.cli.multi import worker_spec
 from tests.conftest import GOLDEN

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from qdeploy import config, render
+from qdeploy.generator import config, render
 from qdeploy.cli import main
 from tests.conftest import GOLDEN
 
@@ -218,9 +218,9 @@ def test_newline_in_a_supervisor_command_is_refused_before_writing(tmp_path, mon
 
 
 def test_readme_config_reference_is_generated(tmp_path):
-    from qdeploy import docs
+    from qdeploy.generator import docs
     from tests.conftest import REPO
 
     copy = tmp_path / "README.md"
     shutil.copy(REPO / "README.md", copy)
-    assert docs.update(copy) is False, "README config reference is stale: run python -m qdeploy.docs README.md"
+    assert docs.update(copy) is False, "README config reference is stale: run python -m qdeploy.generator.docs README.md"

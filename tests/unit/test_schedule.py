@@ -1,4 +1,4 @@
-"""Unit tests for qdeploy.schedule (pure logic, no Redis).
+"""Unit tests for qdeploy.beat.schedule (pure logic, no Redis).
 
 Expected fire times are written by hand from the calendar, and compared as
 ISO strings with their UTC offset, so "02:30-04:00" and "02:30-05:00" can never
@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from qdeploy.schedule import (
+from qdeploy.beat.schedule import (
     UTC, CatchUp, Due, catch_up, crontab, every, format_interval, parse_field,
     parse_interval, parse_schedule, resolve_timezone,
 )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from qdeploy import config
+from qdeploy.generator import config
 from qdeploy.worker import options
 from qdeploy.worker.process import ChildLink
 from qdeploy.worker.state import Child, IllegalTransition, State
@@ -96,7 +96,7 @@ def test_notifier_never_blocks_on_a_full_socket(tmp_path):
     import socket
     import time
 
-    from qdeploy.sdnotify import SEND_TIMEOUT, Notifier
+    from qdeploy.service.sdnotify import SEND_TIMEOUT, Notifier
 
     path = str(tmp_path / "notify")
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)

@@ -1,5 +1,5 @@
 """`qdeploy verify`: prove that a deployed host is right, with a testinfra suite shipped in the
-package (`qdeploy/verify_suite.py`), run through pytest.
+package (`qdeploy/deploy/verify_suite.py`), run through pytest.
 
 testinfra and pytest are not runtime dependencies (the runtime needs only click, jinja2,
 psutil and redis): `qdeploy verify` asks for `pip install pytest-testinfra` when they are missing.

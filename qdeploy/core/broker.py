@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import redis
 
-from qdeploy.connection import connect, socket_of
+from qdeploy.core.connection import connect, socket_of
 
 SPIN = 100e-6  # how long `delay` polls for Redis's reply before it blocks (see Broker._await_reply)
 SPIN_MISSES = 3  # replies in a row slower than SPIN that turn the polling off...

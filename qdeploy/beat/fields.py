@@ -1,4 +1,4 @@
-"""Parsers for schedule values, kept apart from the schedule maths (qdeploy.schedule): crontab
+"""Parsers for schedule values, kept apart from the schedule maths (qdeploy.beat.schedule): crontab
 fields (`*/15`, `mon-fri`, `1-7,15-21`, ints, lists) and intervals (`30s`, `1h30m`, seconds,
 `timedelta`). Every error is a ValueError that names the value and what was expected."""
 

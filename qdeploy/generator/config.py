@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qdeploy import nodes as nodes_mod
-from qdeploy.datatypes import absolute_path
-from qdeploy.settings import BY_KEY, NODE_SETTINGS, SECTIONS, SETTINGS
+from qdeploy.generator import nodes as nodes_mod
+from qdeploy.generator.datatypes import absolute_path
+from qdeploy.generator.settings import BY_KEY, NODE_SETTINGS, SECTIONS, SETTINGS
 
 SYSTEM_CONFIG = "/etc/qdeploy/qdeploy.toml"
 LOCAL_CONFIG = "qdeploy.toml"

@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 
 import redis
 
-from qdeploy.app import parse_rate
-from qdeploy.connection import connect, socket_of
+from qdeploy.core.app import parse_rate
+from qdeploy.core.connection import connect, socket_of
 
 log = logging.getLogger("qdeploy.worker")
 

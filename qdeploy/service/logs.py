@@ -10,7 +10,7 @@ import os
 import sys
 import time
 
-from qdeploy.nodes import expand
+from qdeploy.generator.nodes import expand
 
 _state: dict = {}
 

@@ -16,7 +16,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from qdeploy.render import SECRET, File
+from qdeploy.generator.render import SECRET, File
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from datetime import MAXYEAR, datetime, timedelta, tzinfo
 from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from qdeploy.schedule_fields import (  # noqa: F401 - parse_field/format_interval are public here too
+from qdeploy.beat.fields import (  # noqa: F401 - parse_field/format_interval are public here too
     DURATION,
     MAX_INTERVAL,
     MAX_MONTH_DAYS,

@@ -1,7 +1,7 @@
 """The artifact catalogue: which file each target renders, from which template, with which mode.
 
 Rendering is pure: `render(cfg)` returns the files in memory (every template is rendered and
-checked before anything touches the disk); `qdeploy.tree` writes or compares them.
+checked before anything touches the disk); `qdeploy.generator.tree` writes or compares them.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Any
 import jinja2
 
 from qdeploy import __version__
-from qdeploy.config import Config, ConfigError
-from qdeploy.filters import FILTERS
+from qdeploy.generator.config import Config, ConfigError
+from qdeploy.generator.filters import FILTERS
 
 SECRET = 0o640  # may hold a broker password or secrets from [env]
 PUBLIC = 0o644
@@ -97,7 +97,7 @@ def render(cfg: Config) -> list[File]:
 def templates_dir() -> Path:
     """Templates ship inside the wheel as qdeploy/templates; a source checkout has ./templates."""
     packaged = Path(str(resources.files("qdeploy"))) / "templates"
-    return packaged if packaged.is_dir() else Path(__file__).resolve().parent.parent / "templates"
+    return packaged if packaged.is_dir() else Path(__file__).resolve().parents[2] / "templates"
 
 
 def _environment() -> jinja2.Environment:

@@ -29,7 +29,7 @@ import json
 import uuid
 from datetime import datetime, timezone
 
-from qdeploy.broker import Broker
+from qdeploy.core.broker import Broker
 
 # KEYS: lock. ARGV: token, ttl_us, now_us|'', holder -> 0 = ours now, else µs until it expires
 ACQUIRE = """

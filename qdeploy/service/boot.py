@@ -17,12 +17,12 @@ from dataclasses import dataclass
 
 import redis
 
-from qdeploy import daemon
-from qdeploy.app import AppImportError, load_app
-from qdeploy.broker import Broker
-from qdeploy.connection import BrokerURLError, connect, redact
-from qdeploy.nodes import expand
-from qdeploy.worker import logs
+from qdeploy.service import daemon
+from qdeploy.core.app import AppImportError, load_app
+from qdeploy.core.broker import Broker
+from qdeploy.core.connection import BrokerURLError, connect, redact
+from qdeploy.generator.nodes import expand
+from qdeploy.service import logs
 
 EX_USAGE, EX_UNAVAILABLE = 2, 3  # the same codes as enqueue/result: bad input, broker unreachable
 
@@ -64,7 +64,7 @@ def daemon_fields(cfg, name: str, host: str, *, uid=None, gid=None, allow_root=F
         broker=cfg["broker"] if "broker" in cfg.given else None,  # None: the app's own broker
         log_level=cfg["log_level"],
         log_format=log_format or "text",
-        logfile=logfile or None,  # may hold %i/%I: expanded per process by qdeploy.worker.logs
+        logfile=logfile or None,  # may hold %i/%I: expanded per process by qdeploy.service.logs
         pidfile=expand(pidfile, name, host) if pidfile else None,
         detach=bool(detach),
         user=uid or cfg["user"],

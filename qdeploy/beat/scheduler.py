@@ -2,8 +2,8 @@
 
 Every beat runs the same loop (`Beat.tick`): reload dynamic entries when their revision changed,
 take or renew the leader lock, and, only as the leader, send what is due. The Redis side
-(lock, anchors, atomic dispatch) is `qdeploy.beatstore`; the schedule maths is
-`qdeploy.schedule`; the daemon boot (pid file, detach, privileges) is `qdeploy.beatboot`.
+(lock, anchors, atomic dispatch) is `qdeploy.beat.store`; the schedule maths is
+`qdeploy.beat.schedule`; the daemon boot (pid file, detach, privileges) is `qdeploy.beat.boot`.
 
 Time comes from a clock object, so tests can run hours of simulated time in a second:
 
@@ -26,10 +26,10 @@ import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone, tzinfo
 
-from qdeploy import message
-from qdeploy.beatentry import Entry, EntryError, from_json
-from qdeploy.beatstore import ALREADY_DONE, NOT_LEADER, BeatStore, run_id
-from qdeploy.schedule import catch_up
+from qdeploy.core import message
+from qdeploy.beat.entry import Entry, EntryError, from_json
+from qdeploy.beat.store import ALREADY_DONE, NOT_LEADER, BeatStore, run_id
+from qdeploy.beat.schedule import catch_up
 
 log = logging.getLogger("qdeploy.beat")
 UTC = timezone.utc

@@ -7,7 +7,7 @@ Positional words name the nodes: one number N (nodes `1`..`N`) or a list of name
 `--config FILE` the nodes and the command line come from the config, through
 `render.worker_argv`: the very argv the rendered systemd/init.d/supervisord services exec (the
 positional words then pick a subset: `2`, `1-2`, `images`). `OPTION:SELECTOR VALUE` sets an option
-for the selected nodes only (`qdeploy.nodes.select`); words after `--` go to every worker as they
+for the selected nodes only (`qdeploy.generator.nodes.select`); words after `--` go to every worker as they
 are. Building argvs has no side effects (no directories, no files): `show`, `names` and `expand`
 only print.
 """
@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 
 import psutil
 
-from qdeploy import nodes as nodes_mod
-from qdeploy.daemon import read_pid, signal_pid
-from qdeploy.datatypes import NODE_NAME, duration
+from qdeploy.generator import nodes as nodes_mod
+from qdeploy.service.daemon import read_pid, signal_pid
+from qdeploy.generator.datatypes import NODE_NAME, duration
 
 ACTIONS = ("start", "stop", "stopwait", "restart", "kill", "show", "names", "expand")
 OWN_OPTIONS = {"--config": True, "--timeout": True, "--rolling": False, "--json": False}  # name -> takes a value
@@ -190,7 +190,7 @@ def resolve_options(inv: Invocation, names: list[str], selectable: list[str]) ->
 def build(inv: Invocation, cfg, *, hostname: str | None = None) -> list[Node]:
     """One Node per selected node. `cfg` is the loaded config (the defaults when none was given:
     then the nodes come from the command line, Celery style)."""
-    from qdeploy import render
+    from qdeploy.generator import render
 
     config_mode = inv.config is not None
     words = inv.words[1:] if inv.action == "expand" else inv.words

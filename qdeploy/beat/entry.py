@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from datetime import timedelta, tzinfo
 from typing import Any
 
-from qdeploy.datatypes import QUEUE_NAME
-from qdeploy.schedule import Schedule, crontab, every, format_interval, parse_interval, parse_schedule
+from qdeploy.generator.datatypes import QUEUE_NAME
+from qdeploy.beat.schedule import Schedule, crontab, every, format_interval, parse_interval, parse_schedule
 
 MAX_NAME = 200
 MAX_SPEC = 64 * 1024  # a dynamic entry's JSON (args and kwargs included)

@@ -1,4 +1,4 @@
-"""Start `qdeploy beat`: the services' shared boot (qdeploy.service: import the app → dirs →
+"""Start `qdeploy beat`: the services' shared boot (qdeploy.service.boot: import the app → dirs →
 log file → pid file → detach → connect → drop privileges), checking every schedule entry
 before any side effect, then the beat loop.
 
@@ -17,14 +17,14 @@ from dataclasses import dataclass
 
 import redis
 
-from qdeploy import service
-from qdeploy.beat import Beat, SystemClock
-from qdeploy.beatentry import EntryError, load_entries
-from qdeploy.beatstore import BeatStore
-from qdeploy.broker import Broker
-from qdeploy.schedule import resolve_timezone
-from qdeploy.sdnotify import Notifier
-from qdeploy.worker import logs
+from qdeploy.service import boot as service
+from qdeploy.beat.scheduler import Beat, SystemClock
+from qdeploy.beat.entry import EntryError, load_entries
+from qdeploy.beat.store import BeatStore
+from qdeploy.core.broker import Broker
+from qdeploy.beat.schedule import resolve_timezone
+from qdeploy.service.sdnotify import Notifier
+from qdeploy.service import logs
 
 log = logging.getLogger("qdeploy.beat")
 EX_USAGE = service.EX_USAGE
@@ -33,9 +33,9 @@ BootError = service.BootError
 
 @dataclass(frozen=True, kw_only=True)
 class BeatOptions(service.DaemonOptions):
-    config: object  # qdeploy.config.Config
+    config: object  # qdeploy.generator.config.Config
     reload: object  # () -> Config: re-read the config file (HUP)
-    node: str = "beat"  # what qdeploy.worker.logs expands %n to
+    node: str = "beat"  # what qdeploy.service.logs expands %n to
     owner: str = f"beat@{socket.gethostname()}"
 
 

@@ -1,4 +1,4 @@
-"""The checks of `qdeploy verify`: a testinfra suite, run by `qdeploy.verify.run()` through
+"""The checks of `qdeploy verify`: a testinfra suite, run by `qdeploy.deploy.verify.run()` through
 pytest against `--hosts`. Every expectation comes from the host's own config, and the files
 from `qdeploy render` of that config — nothing here restates a template.
 
@@ -14,9 +14,9 @@ import time
 
 import pytest
 
-from qdeploy import config as config_mod
-from qdeploy import render as render_mod
-from qdeploy.render import SECRET
+from qdeploy.generator import config as config_mod
+from qdeploy.generator import render as render_mod
+from qdeploy.generator.render import SECRET
 
 HEARTBEAT_WAIT = 20.0  # seconds a freshly started node may take to show its heartbeat
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from qdeploy import datatypes as t
+from qdeploy.generator import datatypes as t
 
 TARGETS = ("default", "initd", "systemd", "supervisor", "tmpfiles", "sysusers", "logrotate", "config")
 
@@ -38,7 +38,7 @@ def _s(key: str, default: Any, parse: t.Parser, help: str, flag: str | None = No
 
 
 def _timezone(value: Any) -> str:
-    from qdeploy.schedule import resolve_timezone
+    from qdeploy.beat.schedule import resolve_timezone
 
     if value == "":
         return value
@@ -53,7 +53,7 @@ def _beat_schedule(value: Any) -> dict:
     """Check every entry now (exit 2 at load time); beat builds them in the right timezone."""
     import json
 
-    from qdeploy.beatentry import load_entries
+    from qdeploy.beat.entry import load_entries
 
     if isinstance(value, str):  # from $QDEPLOY_BEAT_SCHEDULE
         try:

@@ -29,8 +29,8 @@ from importlib import resources
 from pathlib import Path
 
 from qdeploy import __version__
-from qdeploy.config import Config
-from qdeploy.render import SECRET, File, render
+from qdeploy.generator.config import Config
+from qdeploy.generator.render import SECRET, File, render
 
 PREFIX = "/opt/qdeploy"
 VENV = f"{PREFIX}/venv"
@@ -146,7 +146,7 @@ def collect_wheels(spec: Spec, wheelhouse: Path, work: Path) -> list[Path]:
 
 
 def build_qdeploy_wheel(dest: Path) -> Path:
-    source = Path(__file__).resolve().parent.parent
+    source = Path(__file__).resolve().parents[2]
     if not (source / "pyproject.toml").is_file():
         raise PackageError("qdeploy is not installed from a source checkout: pass --qdeploy-wheel FILE", 2)
     cmd = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(dest), str(source)]
@@ -257,7 +257,7 @@ def _stage(root: Path, files: list[File]) -> None:
 def packaging_dir() -> Path:
     """packaging/ ships inside the wheel as qdeploy/packaging; a source checkout has ./packaging."""
     for candidate in (Path(str(resources.files("qdeploy"))) / "packaging",
-                      Path(__file__).resolve().parent.parent / "packaging"):
+                      Path(__file__).resolve().parents[2] / "packaging"):
         if (candidate / "functions.sh").is_file():
             return candidate
     raise PackageError("packaging/ (maintainer scripts) is missing from this qdeploy installation")

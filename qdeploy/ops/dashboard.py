@@ -21,8 +21,10 @@ from typing import ClassVar
 
 import redis
 
-from qdeploy import __version__, fleet
-from qdeploy.connection import redact
+from qdeploy import __version__
+
+from qdeploy.ops import fleet
+from qdeploy.core.connection import redact
 
 log = logging.getLogger("qdeploy.dashboard")
 CACHE_SECONDS = 0.5  # many open pages cost Redis one snapshot per half second, not one each

@@ -23,10 +23,10 @@ from typing import Callable, Iterable
 
 import redis
 
-from qdeploy import message, results
-from qdeploy.broker import Broker
-from qdeploy.connection import connect
-from qdeploy.results import AsyncResult, Results
+from qdeploy.core import message, results
+from qdeploy.core.broker import Broker
+from qdeploy.core.connection import connect
+from qdeploy.core.results import AsyncResult, Results
 
 DEFAULT_BROKER = "redis://127.0.0.1:6379/0"
 PING_TASK = "qdeploy.ping"
