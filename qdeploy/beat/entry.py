@@ -20,8 +20,10 @@ from dataclasses import dataclass, field
 from datetime import timedelta, tzinfo
 from typing import Any
 
-from qdeploy.generator.datatypes import QUEUE_NAME
 from qdeploy.beat.schedule import Schedule, crontab, every, format_interval, parse_interval, parse_schedule
+from qdeploy.beat.solar import solar
+from qdeploy.defaults import EX_USAGE
+from qdeploy.generator.datatypes import QUEUE_NAME
 
 MAX_NAME = 200
 MAX_SPEC = 64 * 1024  # a dynamic entry's JSON (args and kwargs included)
@@ -33,7 +35,7 @@ SOURCES = ("app", "config", "redis")
 class EntryError(ValueError):
     """A bad schedule entry; one line naming it. Exit code 2 on the command line."""
 
-    exit_code = 2
+    exit_code = EX_USAGE
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,10 @@ class Entry:
 
 
 def describe(schedule: Schedule) -> str:
-    """A schedule as the text `qdeploy schedule add` accepts: '5m' or a cron line (+ zone)."""
+    """A schedule as the text `qdeploy schedule add` accepts: '5m', a cron line (+ zone), or a
+    solar event and its place ('sunset at 48.85, 2.35': --solar sunset --lat 48.85 --lon 2.35)."""
+    if isinstance(schedule, solar):
+        return str(schedule)
     if isinstance(schedule, every):
         return format_interval(schedule.interval)
     if isinstance(schedule, crontab):

@@ -1,17 +1,19 @@
 """Parsers for schedule values, kept apart from the schedule maths (qdeploy.beat.schedule): crontab
 fields (`*/15`, `mon-fri`, `1-7,15-21`, ints, lists) and intervals (`30s`, `1h30m`, seconds,
-`timedelta`). Every error is a ValueError that names the value and what was expected."""
+`timedelta`), and for solar schedules degrees and event names. Every error is a ValueError that
+names the value and what was expected."""
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
-from datetime import timedelta, timezone
 from collections.abc import Mapping
-from typing import Any, NamedTuple, Union
+from datetime import UTC, timedelta
+from typing import Any, NamedTuple
 
-UTC = timezone.utc
-FieldSpec = Union[int, str, list, tuple, set, frozenset, range]
+UTC = UTC
+FieldSpec = int | str | list | tuple | set | frozenset | range
 SEQUENCES = (list, tuple, set, frozenset, range)
 
 # ---- parsers: cron fields, intervals, timezones (no schedule logic here) ----
@@ -163,3 +165,36 @@ def format_interval(interval: timedelta) -> str:
         if count:
             parts.append(f"{count}{unit}")
     return "".join(parts) or "0s"
+
+
+# ---- solar schedules (qdeploy.beat.solar): degrees and event names ----
+
+def parse_degrees(name: str, value: Any, limit: float) -> float:
+    """A latitude (``limit`` 90) or longitude (180) in decimal degrees, north and east positive."""
+    expected = f"a number of degrees from -{limit:g} to {limit:g}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be {expected}, got {type(value).__name__} {_short(value)}")
+    try:
+        degrees = float(value)
+    except OverflowError:  # an int too large for a float
+        degrees = math.inf
+    if not math.isfinite(degrees) or not -limit <= degrees <= limit:
+        raise ValueError(f"{name} {_short(value)} is out of range (expected {expected})")
+    return degrees
+
+
+def parse_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    """One of ``choices``, exactly; a near miss gets "did you mean"."""
+    if not isinstance(value, str):
+        raise ValueError(f"{name} must be one of {', '.join(choices)}; got {type(value).__name__} "
+                         f"{_short(value)}")
+    if value in choices:
+        return value
+    hint = difflib.get_close_matches(value.strip().lower(), choices, n=1) if len(value) <= 100 else []
+    raise ValueError(f"unknown {name} {_short(value)}" + (
+        f" (did you mean {hint[0]!r}?)" if hint else f" (expected one of: {', '.join(choices)})"))
+
+
+def _short(value: Any) -> str:
+    shown = repr(value)
+    return shown if len(shown) <= 60 else shown[:57] + "..."

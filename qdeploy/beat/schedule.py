@@ -15,6 +15,8 @@ time strictly after the aware datetime ``dt``.
   once, on its first occurrence (``fold=0``).
 * ``every`` is elapsed time, not wall clock: ``every('1h')`` after 01:30 EDT on
   the fall-back day is 01:30 EST.
+* ``solar(event, lat, lon)`` (Celery's; ``qdeploy.beat.solar``, needs the ``solar`` extra)
+  fires at sunrise, sunset, the twilights or solar noon; its events are UTC instants.
 """
 from __future__ import annotations
 
@@ -300,7 +302,8 @@ def _wall_to_utc(wall: datetime, tz: tzinfo) -> datetime:
 
 _CRON_KEYS = ("minute", "hour", "day_of_week", "day_of_month", "month_of_year")
 _UNIT_KEYS = ("weeks", "days", "hours", "minutes", "seconds")
-_TABLE_KEYS = ("every", "cron", "timezone", *_CRON_KEYS, *_UNIT_KEYS)
+_SOLAR_KEYS = ("lat", "lon")
+_TABLE_KEYS = ("every", "cron", "solar", "timezone", *_CRON_KEYS, *_UNIT_KEYS, *_SOLAR_KEYS)
 _EXPECTED = ("an interval like '30s', '5m', '1h30m' or seconds, a 5-field cron expression "
              "like '*/15 * * * *', an @alias like '@daily', or a table")
 
@@ -332,13 +335,18 @@ def _from_table(table: Mapping[Any, Any], timezone: str | tzinfo | None) -> Sche
             raise ValueError(f"unknown schedule key {key!r}" + (
                 f" (did you mean {hint[0]!r}?)" if hint
                 else f" (expected one of: {', '.join(_TABLE_KEYS)})"))
-    kinds = [kind for kind, keys in (("every", ("every",)), ("cron", ("cron",)),
+    kinds = [kind for kind, keys in (("every", ("every",)), ("cron", ("cron",)), ("solar", ("solar",)),
                                      ("crontab fields", _CRON_KEYS), ("interval units", _UNIT_KEYS))
              if any(k in table for k in keys)]
     if len(kinds) != 1:
-        raise ValueError(f"a schedule table needs exactly one of 'every', 'cron', crontab fields "
-                         f"({', '.join(_CRON_KEYS)}) or interval units ({', '.join(_UNIT_KEYS)}); "
+        raise ValueError(f"a schedule table needs exactly one of 'every', 'cron', 'solar', crontab "
+                         f"fields ({', '.join(_CRON_KEYS)}) or interval units ({', '.join(_UNIT_KEYS)}); "
                          f"got {' and '.join(kinds) or 'none'}")
+    if kinds[0] == "solar":
+        return _solar_table(table)
+    if any(k in table for k in _SOLAR_KEYS):
+        raise ValueError("'lat' and 'lon' apply to solar schedules only, e.g. "
+                         "{ solar = \"sunset\", lat = 48.85, lon = 2.35 }")
     tz = table.get("timezone", timezone)
     if "timezone" in table and kinds[0] in ("every", "interval units"):
         raise ValueError("'timezone' applies to crontab schedules only; intervals are elapsed time")
@@ -359,3 +367,26 @@ def _from_table(table: Mapping[Any, Any], timezone: str | tzinfo | None) -> Sche
     if total <= timedelta(0):
         raise ValueError(f"interval {units} must be positive")
     return every(total)
+
+
+def _solar_table(table: Mapping[Any, Any]) -> Schedule:
+    """``{ solar = "sunset", lat = 48.85, lon = 2.35 }``: the import waits for a solar entry."""
+    from qdeploy.beat.solar import solar
+
+    if "timezone" in table:
+        raise ValueError("'timezone' does not apply to solar schedules: their events are instants")
+    missing = [k for k in _SOLAR_KEYS if k not in table]
+    if missing:
+        raise ValueError(f"a solar schedule needs {' and '.join(repr(k) for k in missing)} "
+                         f"(degrees, north and east positive), e.g. "
+                         f"{{ solar = \"sunset\", lat = 48.85, lon = 2.35 }}")
+    return solar(table["solar"], table["lat"], table["lon"])
+
+
+def __getattr__(name: str) -> Any:
+    """``from qdeploy.beat.schedule import solar`` (Celery: ``from celery.schedules import solar``),
+    without importing the solar module (or astral) for everyone else."""
+    if name == "solar":
+        from qdeploy.beat.solar import solar
+        return solar
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -8,13 +8,11 @@ from __future__ import annotations
 import json
 
 import click
-import redis
 
-from qdeploy.service import daemon
 from qdeploy.cli.common import SERVICE_KEYS, config_option, daemon_options, fail, load_config, setting_options
-from qdeploy.core.connection import BrokerURLError, redact
-
-EX_USAGE, EX_UNAVAILABLE = 2, 3
+from qdeploy.core.connection import BrokerURLError, RedisError, error_text, redact
+from qdeploy.defaults import EX_UNAVAILABLE, EX_USAGE
+from qdeploy.service import daemon
 
 
 @click.command()
@@ -49,9 +47,9 @@ class Context:
     def load(self):
         """(app, store, static entries, timezone); exits 2/3 with one line on failure."""
         if self._loaded is None:
-            from qdeploy.core.app import AppImportError, load_app
             from qdeploy.beat.boot import BootError, static_entries
             from qdeploy.beat.store import BeatStore
+            from qdeploy.core.app import AppImportError, load_app
 
             cfg = load_config(self.config_file, dict(self.settings))
             try:
@@ -64,8 +62,8 @@ class Context:
                 fail(str(exc), EX_USAGE)
             except BootError as exc:
                 fail(str(exc), exc.exit_code)
-            except (redis.RedisError, OSError) as exc:
-                fail(f"cannot reach broker {redact(app.broker_url)}: {exc}", EX_UNAVAILABLE)
+            except (RedisError, OSError) as exc:
+                fail(f"cannot reach broker {redact(app.broker_url)}: {error_text(exc)}", EX_UNAVAILABLE)
             self._loaded = (app, BeatStore(app.transport), entries, tz)
         return self._loaded
 
@@ -95,6 +93,7 @@ def list_(obj: Context, as_json):
     """Every entry: the app's, the config file's and the dynamic ones."""
     from qdeploy.beat.entry import EntryError, from_json
     from qdeploy.beat.schedule import every
+    from qdeploy.beat.solar import solar
 
     app, store, static, tz = obj.load()
     _, stored, disabled = store.load()
@@ -108,7 +107,7 @@ def list_(obj: Context, as_json):
     for name, e in sorted(entries.items()):
         anchor = anchors.get(name)
         nxt = e.schedule.next_after(anchor) if anchor else None
-        kind = "every" if isinstance(e.schedule, every) else "cron"
+        kind = "every" if isinstance(e.schedule, every) else "solar" if isinstance(e.schedule, solar) else "cron"
         rows.append({"name": name, "source": e.source, "task": e.task, "kind": kind, "schedule": e.describe(),
                      "args": e.args, "kwargs": e.kwargs, "options": e.options,
                      "enabled": e.enabled and name not in disabled,
@@ -147,22 +146,35 @@ def _json_arg(value: str | None, what: str, kind: type):
 @click.option("--every", metavar="INTERVAL", help="Interval: 30s, 5m, 1h30m, or seconds.")
 @click.option("--cron", metavar="EXPR", help='5-field cron line, e.g. "*/15 * * * *", or @daily.')
 @click.option("--timezone", "zone", metavar="TZ", help="Timezone of --cron (default: beat's).")
+@click.option("--solar", "event", metavar="EVENT", help="Solar event: dawn_astronomical, dawn_nautical, "
+              "dawn_civil, sunrise, solar_noon, sunset, dusk_civil, dusk_nautical, dusk_astronomical "
+              "(needs qdeploy[solar]).")
+@click.option("--lat", metavar="DEGREES", help="Latitude of --solar, north positive (-90..90).")
+@click.option("--lon", metavar="DEGREES", help="Longitude of --solar, east positive (-180..180).")
 @click.option("--args", "args_json", metavar="JSON", help="Positional arguments, a JSON array.")
 @click.option("--kwargs", "kwargs_json", metavar="JSON", help="Keyword arguments, a JSON object.")
 @click.option("--queue", metavar="QUEUE", help="Queue (default: the task's).")
 @click.option("--expires", type=float, metavar="SECONDS", help="Drop a run not started within SECONDS.")
 @click.option("--replace", is_flag=True, help="Replace a dynamic entry of the same name.")
 @click.pass_obj
-def add(obj: Context, name, task, every, cron, zone, args_json, kwargs_json, queue, expires, replace):
+def add(obj: Context, name, task, every, cron, zone, event, lat, lon, args_json, kwargs_json, queue, expires,
+        replace):
     """Add a dynamic entry NAME that sends TASK."""
     from qdeploy.beat.entry import EntryError, dynamic_spec
 
     name = _name(name)
-    if (every is None) == (cron is None):
-        fail("give exactly one of --every INTERVAL or --cron EXPR", EX_USAGE)
+    if [every, cron, event].count(None) != 2:
+        fail("give exactly one of --every INTERVAL, --cron EXPR or --solar EVENT", EX_USAGE)
     if zone and not cron:
-        fail("--timezone applies to --cron only; intervals are elapsed time", EX_USAGE)
-    sched = {"every": every} if every is not None else {"cron": cron, **({"timezone": zone} if zone else {})}
+        fail("--timezone applies to --cron only; intervals are elapsed time, solar events instants", EX_USAGE)
+    if (lat is not None or lon is not None) and event is None:
+        fail("--lat and --lon apply to --solar only", EX_USAGE)
+    if every is not None:
+        sched = {"every": every}
+    elif cron is not None:
+        sched = {"cron": cron, **({"timezone": zone} if zone else {})}
+    else:
+        sched = {"solar": event, **_degrees(lat=lat, lon=lon)}
     args, kwargs = _json_arg(args_json, "args", list), _json_arg(kwargs_json, "kwargs", dict)
     try:
         spec = dynamic_spec(name, task, sched, args=args, kwargs=kwargs, queue=queue, expires=expires)
@@ -175,6 +187,19 @@ def add(obj: Context, name, task, every, cron, zone, args_json, kwargs_json, que
     if not store.put(name, spec, replace=replace):
         fail(f"schedule entry {name!r} exists already (use --replace to change it)", EX_USAGE)
     click.echo(f"added {name}")
+
+
+def _degrees(**given: str | None) -> dict:
+    """--lat/--lon as numbers (their range is checked with the entry); one line if not numbers."""
+    out = {}
+    for flag, text in given.items():
+        if text is None:
+            fail(f"--solar needs --{flag} DEGREES too (north and east positive)", EX_USAGE)
+        try:
+            out[flag] = float(text)
+        except ValueError:
+            fail(f"--{flag} must be a number of degrees, got {text[:40]!r}", EX_USAGE)
+    return out
 
 
 @schedule.command()
