@@ -15,11 +15,12 @@ import importlib.machinery
 import importlib.util
 import sys
 import types
+from typing import Any
 
 
 class _DeferredPackage(types.ModuleType):
     def __getattr__(self, name: str):
-        spec = self.__spec__
+        spec: Any = self.__spec__
         if name.startswith("__") or getattr(spec, "_qdeploy_loaded", False):
             raise AttributeError(f"module {self.__name__!r} has no attribute {name!r}")
         spec._qdeploy_loaded = True
@@ -31,7 +32,7 @@ def defer_redis_asyncio() -> None:
     if "redis" in sys.modules or "redis.asyncio" in sys.modules:
         return
     try:
-        parent = importlib.util.find_spec("redis")
+        parent: Any = importlib.util.find_spec("redis")
         spec = importlib.machinery.PathFinder.find_spec("redis.asyncio", parent.submodule_search_locations)
     except (ImportError, AttributeError, ValueError):
         return

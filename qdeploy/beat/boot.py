@@ -13,28 +13,29 @@ import os
 import signal
 import socket
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-import redis
-
-from qdeploy.service import boot as service
-from qdeploy.beat.scheduler import Beat, SystemClock
 from qdeploy.beat.entry import EntryError, load_entries
+from qdeploy.beat.schedule import resolve_timezone
+from qdeploy.beat.scheduler import Beat, SystemClock
 from qdeploy.beat.store import BeatStore
 from qdeploy.core.broker import Broker
-from qdeploy.beat.schedule import resolve_timezone
-from qdeploy.service.sdnotify import Notifier
+from qdeploy.core.connection import RedisError
+from qdeploy.defaults import EX_USAGE
+from qdeploy.service import boot as service
 from qdeploy.service import logs
+from qdeploy.service.sdnotify import Notifier
 
 log = logging.getLogger("qdeploy.beat")
-EX_USAGE = service.EX_USAGE
 BootError = service.BootError
 
 
 @dataclass(frozen=True, kw_only=True)
 class BeatOptions(service.DaemonOptions):
-    config: object  # qdeploy.generator.config.Config
-    reload: object  # () -> Config: re-read the config file (HUP)
+    config: Any  # qdeploy.generator.config.Config
+    reload: Callable[[], Any]  # re-read the config file (HUP): a new Config
     node: str = "beat"  # what qdeploy.service.logs expands %n to
     owner: str = f"beat@{socket.gethostname()}"
 
@@ -94,7 +95,7 @@ def serve(app, opts: BeatOptions, broker: Broker, entries: dict, tz, notifier: N
                 logs.reopen()
 
     watchdog = notifier.watchdog_interval
-    ready = []
+    ready: list[bool] = []
 
     def on_tick(wait: float) -> float:
         handle_signals()
@@ -120,7 +121,7 @@ def serve(app, opts: BeatOptions, broker: Broker, entries: dict, tz, notifier: N
     notifier.stopping()
     try:
         beat.resign()
-    except redis.RedisError as exc:
+    except RedisError as exc:
         log.warning("could not release the leader lock (%s); it expires by itself", exc)
     log.info("beat %s stopped (%d sent)", beat.holder, beat.sent)
     return 0
@@ -130,7 +131,7 @@ def reload_config(beat: Beat, app, opts: BeatOptions) -> None:
     """HUP: re-read the config file's schedule (the app's code is not re-imported)."""
     try:
         entries, _ = static_entries(app, opts.reload())
-    except Exception as exc:  # ConfigError, BootError: keep the schedule we have
+    except Exception as exc:  # noqa: BLE001 - ConfigError, BootError, a bad entry: keep the schedule we have
         log.error("reload failed, keeping the current schedule: %s", exc)
         return
     beat.replace_static(entries)

@@ -24,15 +24,15 @@ import selectors
 import socket
 import uuid
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
 
-from qdeploy.core import message
 from qdeploy.beat.entry import Entry, EntryError, from_json
-from qdeploy.beat.store import ALREADY_DONE, NOT_LEADER, BeatStore, run_id
 from qdeploy.beat.schedule import catch_up
+from qdeploy.beat.store import ALREADY_DONE, NOT_LEADER, BeatStore, run_id
+from qdeploy.core import message
 
 log = logging.getLogger("qdeploy.beat")
-UTC = timezone.utc
+UTC = UTC
 
 
 class SystemClock:
@@ -207,7 +207,7 @@ class Beat:
         while not should_stop():
             try:
                 wait = self.tick()
-            except Exception as exc:  # Redis down, ...: keep trying, never double-send
+            except Exception as exc:  # noqa: BLE001 - Redis down, ...: keep trying, never double-send
                 if self.is_leader:
                     log.warning("beat round failed (%s: %s); retrying", type(exc).__name__, exc)
                 else:

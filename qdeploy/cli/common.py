@@ -9,12 +9,14 @@ from typing import Any, NoReturn
 
 import click
 
+from qdeploy.core.urls import redact_text
 from qdeploy.generator import config as config_mod
 from qdeploy.generator.settings import BY_KEY, Setting
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
-    click.echo(f"qdeploy: error: {message}", err=True)
+    """One line on stderr (every credential in a URL redacted), then exit `code`."""
+    click.echo(f"qdeploy: error: {redact_text(message)}", err=True)
     sys.exit(code)
 
 
@@ -22,7 +24,7 @@ def _option(setting: Setting) -> Callable[[Callable[..., Any]], Callable[..., An
     dest = setting.key.replace(".", "__")
     names = [n for n in (setting.flag, setting.short) if n]
     help_text = f"{setting.help.replace('`', '')} [config: {setting.key}]"
-    if "/" in (setting.flag or ""):
+    if setting.flag and "/" in setting.flag:
         return click.option(setting.flag, dest, default=None, help=help_text)
     return click.option(*names, dest, default=None, metavar="VALUE", help=help_text)
 

@@ -1,5 +1,6 @@
 """Operate a running fleet: `qdeploy status`, `inspect`, `control`, `queues`, `dead-letter`,
 `purge`, `dashboard`. Parse, call qdeploy.ops.control / qdeploy.ops.fleet, print a table (or --json).
+Each finds its app and broker like `worker` does (`--config`, -A/-b: cli.runtime.Target).
 
 Exit codes: 0 ok, 1 some node did not answer / nothing online / refused, 2 bad input,
 3 broker unreachable.
@@ -12,16 +13,15 @@ import json
 import sys
 
 import click
-import redis
 
 from qdeploy.cli.runtime import (
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
-    app_option,
-    broker_option,
     connect_app,
     fail,
+    target_options,
 )
+from qdeploy.core.connection import BROKER_DOWN, RedisError
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 timeout_option = click.option("-t", "--timeout", type=click.FloatRange(0.05, 300), default=1.0, show_default=True,
@@ -30,16 +30,16 @@ destination_option = click.option("-d", "--destination", multiple=True, metavar=
                                   help="Only these nodes (repeat, or a comma list). Default: all.")
 
 
-def _broker(app_path, broker, command):
-    return connect_app(app_path, broker, command).transport
+def _broker(target, command):
+    return connect_app(*target.resolve(command), command).transport
 
 
 def _table(rows: list[dict], columns: list[str]) -> None:
     cells = [[_cell(r.get(c)) for c in columns] for r in rows]
     widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
-    click.echo("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths)).rstrip())
+    click.echo("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
     for row in cells:
-        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
 
 
 def _cell(value) -> str:
@@ -98,19 +98,19 @@ def gathered_timeout(gathered) -> str:
 
 # -- status, inspect, control -----------------------------------------------------------------
 @click.command()
-@app_option
-@broker_option
+@target_options
 @json_option
-def status(app_path, broker, as_json):
+def status(target, as_json):
     """Online nodes (from their heartbeats): pool size, tasks done, uptime."""
     from qdeploy.ops import fleet
 
-    rows = _call(lambda: fleet.status(_broker(app_path, broker, "status")), "status")
+    rows = _call(lambda: fleet.status(_broker(target, "status")), "status")
     if as_json:
         click.echo(json.dumps(rows, indent=2))
     elif rows:
         for row in rows:
-            row["uptime"], row["last_seen"] = _age(row["uptime"]), f"{row['last_seen']}s ago" if row["last_seen"] is not None else "-"
+            seen = row["last_seen"]
+            row["uptime"], row["last_seen"] = _age(row["uptime"]), f"{seen}s ago" if seen is not None else "-"
         _table(rows, ["owner", "kind", "pid", "pool", "tasks_done", "uptime", "queues", "last_seen"])
         click.echo(f"{len(rows)} node(s) online")
     else:
@@ -136,15 +136,14 @@ INSPECT_ROWS = {
 @click.argument("what", type=click.Choice(list(INSPECT_ROWS)))
 @destination_option
 @timeout_option
-@app_option
-@broker_option
+@target_options
 @json_option
-def inspect(what, destination, timeout, app_path, broker, as_json):
+def inspect(what, destination, timeout, target, as_json):
     """Ask live nodes: active | reserved | scheduled | stats | registered | queues."""
     from qdeploy.ops.control import Control
 
     dest = _destinations(destination, "inspect")
-    gathered = _call(lambda: Control(_broker(app_path, broker, "inspect")).inspect(what, dest, timeout), "inspect")
+    gathered = _call(lambda: Control(_broker(target, "inspect")).inspect(what, dest, timeout), "inspect")
     _report(gathered, as_json, INSPECT_ROWS[what])
 
 
@@ -154,10 +153,9 @@ def inspect(what, destination, timeout, app_path, broker, as_json):
 @click.option("--terminate", is_flag=True, help="revoke: also kill the child running the task (its slot restarts).")
 @destination_option
 @timeout_option
-@app_option
-@broker_option
+@target_options
 @json_option
-def control(command, args, terminate, destination, timeout, app_path, broker, as_json):
+def control(command, args, terminate, destination, timeout, target, as_json):
     """Tell live nodes: ping | shutdown | pool-grow [N] | pool-shrink [N] | rate-limit TASK RATE |
     revoke ID... [--terminate].
 
@@ -169,7 +167,7 @@ def control(command, args, terminate, destination, timeout, app_path, broker, as
 
     dest = _destinations(destination, "control")
     payload = _control_args(command, list(args), terminate)
-    app = connect_app(app_path, broker, "control")
+    app = connect_app(*target.resolve("control"), "control")
     if command == "revoke":
         for task_id in payload["ids"]:
             _call(lambda: app.revoke(task_id), "control")  # noqa: B023 - called at once
@@ -205,14 +203,13 @@ def _control_args(command: str, args: list[str], terminate: bool) -> dict:
 
 # -- queues, dead letters, purge --------------------------------------------------------------
 @click.command()
-@app_option
-@broker_option
+@target_options
 @json_option
-def queues(app_path, broker, as_json):
+def queues(target, as_json):
     """Per queue: ready, in flight, scheduled (ETA/retry) and dead-lettered messages."""
     from qdeploy.ops import fleet
 
-    rows = _call(lambda: fleet.queue_stats(_broker(app_path, broker, "queues")), "queues")
+    rows = _call(lambda: fleet.queue_stats(_broker(target, "queues")), "queues")
     if as_json:
         click.echo(json.dumps(rows, indent=2))
     elif rows:
@@ -228,14 +225,13 @@ def dead_letter():
 
 @dead_letter.command("list")
 @click.option("--limit", type=click.IntRange(1, 100000), default=100, show_default=True)
-@app_option
-@broker_option
+@target_options
 @json_option
-def dead_list(limit, app_path, broker, as_json):
+def dead_list(limit, target, as_json):
     """The newest dead letters and why they died."""
     from qdeploy.ops import fleet
 
-    rows = _call(lambda: fleet.dead_letter_list(_broker(app_path, broker, "dead-letter"), limit), "dead-letter")
+    rows = _call(lambda: fleet.dead_letter_list(_broker(target, "dead-letter"), limit), "dead-letter")
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -247,34 +243,33 @@ def dead_list(limit, app_path, broker, as_json):
 @dead_letter.command("requeue")
 @click.argument("ids", nargs=-1)
 @click.option("--all", "everything", is_flag=True, help="Requeue every dead letter.")
-@app_option
-@broker_option
+@target_options
 @json_option
-def dead_requeue(ids, everything, app_path, broker, as_json):
+def dead_requeue(ids, everything, target, as_json):
     """Put dead letters (by id, or --all) back at the head of their queue."""
     from qdeploy.ops import fleet
 
     if bool(ids) == everything:
         fail("dead-letter", "give task ids or --all (not both)", EXIT_USAGE)
-    done, skipped = _call(lambda: fleet.requeue_dead(_broker(app_path, broker, "dead-letter"), list(ids) or None),
+    done, skipped = _call(lambda: fleet.requeue_dead(_broker(target, "dead-letter"), list(ids) or None),
                           "dead-letter")
     if as_json:
         click.echo(json.dumps({"requeued": done, "skipped": skipped}))
     else:
-        click.echo(f"requeued {len(done)}" + (f"; not requeued (unknown, or no queue/body): {' '.join(skipped)}" if skipped else ""))
+        unknown = f"; not requeued (unknown, or no queue/body): {' '.join(skipped)}" if skipped else ""
+        click.echo(f"requeued {len(done)}{unknown}")
     sys.exit(1 if skipped else 0)
 
 
 @dead_letter.command("purge")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-@app_option
-@broker_option
-def dead_purge(yes, app_path, broker):
+@target_options
+def dead_purge(yes, target):
     """Delete every dead letter."""
     from qdeploy.ops import fleet
 
-    b = _broker(app_path, broker, "dead-letter")
-    count = _call(b.dead_letter_count, "dead-letter")
+    b = _broker(target, "dead-letter")
+    count = _call(lambda: fleet.dead_letter_count(b), "dead-letter")
     _confirm(f"Delete {count} dead letter(s)?", yes, "dead-letter")
     click.echo(f"deleted {_call(lambda: fleet.purge_dead(b), 'dead-letter')} dead letter(s)")
 
@@ -282,14 +277,13 @@ def dead_purge(yes, app_path, broker):
 @click.command()
 @click.option("-Q", "--queues", "names", metavar="A,B", help="Only these queues (default: every queue).")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation (required when stdin is not a terminal).")
-@app_option
-@broker_option
-def purge(names, yes, app_path, broker):
+@target_options
+def purge(names, yes, target):
     """Delete every waiting (ready and scheduled) message; running ones finish."""
-    from qdeploy.ops import fleet
     from qdeploy.generator.datatypes import QUEUE_NAME
+    from qdeploy.ops import fleet
 
-    b = _broker(app_path, broker, "purge")
+    b = _broker(target, "purge")
     stats = {r["queue"]: r for r in _call(lambda: fleet.queue_stats(b), "purge")}
     chosen = [q.strip() for q in names.split(",")] if names else sorted(stats)
     bad = [q for q in chosen if not QUEUE_NAME.fullmatch(q)]
@@ -314,11 +308,13 @@ def _confirm(question: str, yes: bool, command: str) -> None:
 
 
 def _call(fn, command):
+    from qdeploy.core.connection import error_text
+
     try:
         return fn()
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
-        fail(command, f"broker unreachable: {exc}", EXIT_UNAVAILABLE)
-    except redis.RedisError as exc:
+    except BROKER_DOWN as exc:
+        fail(command, f"broker unreachable: {error_text(exc)}", EXIT_UNAVAILABLE)
+    except RedisError as exc:
         fail(command, f"broker error: {exc}", EXIT_UNAVAILABLE)
 
 
@@ -329,15 +325,14 @@ def _call(fn, command):
 @click.option("--auth", envvar="QDEPLOY_DASHBOARD_AUTH", metavar="USER:PASS",
               help="Require HTTP basic auth (or $QDEPLOY_DASHBOARD_AUTH, which keeps it out of `ps`).")
 @click.option("--refresh", type=click.FloatRange(0.5, 60), default=2.0, show_default=True, help="Seconds between page updates.")
-@app_option
-@broker_option
-def dashboard(port, bind, auth, refresh, app_path, broker):
+@target_options
+def dashboard(port, bind, auth, refresh, target):
     """A read-only web dashboard: nodes, queues, recent and failed tasks, live-updating."""
     from qdeploy.ops import dashboard as dash
 
     if auth is not None and (":" not in auth or not auth.partition(":")[0] or not auth.partition(":")[2]):
         fail("dashboard", "--auth must be USER:PASS", EXIT_USAGE)
-    b = _broker(app_path, broker, "dashboard")
+    b = _broker(target, "dashboard")
     try:
         server = dash.make_server(b, bind, port, auth=auth, refresh=refresh)
     except OSError as exc:

@@ -7,22 +7,50 @@ Every failure an operator can cause prints ONE line to stderr and exits non-zero
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import sys
+from dataclasses import dataclass
 
 import click
-import redis
 
-from qdeploy.core.connection import BrokerURLError, redact
+from qdeploy.cli.common import config_option
+from qdeploy.core.connection import RedisError
+from qdeploy.core.urls import BrokerURLError, redact, redact_text
+from qdeploy.defaults import EX_FAILED, EX_OK, EX_TIMEOUT, EX_UNAVAILABLE, EX_USAGE
 
-EXIT_OK, EXIT_TASK_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_TIMEOUT = 0, 1, 2, 3, 4
+EXIT_OK, EXIT_TASK_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_TIMEOUT = EX_OK, EX_FAILED, EX_USAGE, EX_UNAVAILABLE, EX_TIMEOUT
 DEFAULT_APP = "qdeploy.demo:app"
 
 
 def fail(command: str, text: str, code: int) -> None:
-    click.echo(f"qdeploy {command}: error: {' '.join(str(text).split())}", err=True)
+    """One line on stderr (every credential in a URL redacted), then exit `code`."""
+    click.echo(f"qdeploy {command}: error: {' '.join(redact_text(str(text)).split())}", err=True)
     sys.exit(code)
+
+
+@dataclass(frozen=True)
+class Target:
+    """The app and broker an operator command talks to, found the way `qdeploy worker` finds
+    them: -A/-b (or $QDEPLOY_APP/$QDEPLOY_BROKER) win over the config (--config FILE, else
+    $QDEPLOY_CONFIG, ./qdeploy.toml, /etc/qdeploy/qdeploy.toml), which wins over the defaults
+    (the demo app; the app's own broker). So on a deployed host `qdeploy status` needs no -b,
+    and the password stays out of `ps`."""
+
+    config_file: str | None
+    app_path: str | None
+    broker: str | None
+
+    def resolve(self, command: str) -> tuple[str, str | None]:
+        """(app path, broker URL or None for the app's own); a bad config: exit 2, one line."""
+        from qdeploy.generator import config as config_mod
+
+        try:
+            cfg = config_mod.load(self.config_file, {"app": self.app_path, "broker": self.broker})
+        except config_mod.ConfigError as exc:
+            fail(command, str(exc), exc.exit_code)
+        return cfg["app"], (cfg["broker"] if "broker" in cfg.given else None)
 
 
 def load_app(path: str, command: str):
@@ -31,7 +59,7 @@ def load_app(path: str, command: str):
     module_name, _, attr = path.partition(":")
     try:
         module = importlib.import_module(module_name)
-    except Exception as exc:  # ImportError, or the module itself raising while importing
+    except Exception as exc:  # noqa: BLE001 - ImportError, or the module itself raising while importing
         fail(command, f"cannot import app {path!r}: {type(exc).__name__}: {exc}", EXIT_USAGE)
     app = getattr(module, attr or "app", None)
     if not isinstance(app, App):
@@ -48,8 +76,10 @@ def connect_app(app_path: str, broker: str | None, command: str):
         app.transport.ping()
     except BrokerURLError as exc:
         fail(command, str(exc), EXIT_USAGE)
-    except redis.RedisError as exc:
-        fail(command, f"cannot reach broker {redact(app.broker_url)}: {exc}", EXIT_UNAVAILABLE)
+    except RedisError as exc:
+        from qdeploy.core.connection import error_text
+
+        fail(command, f"cannot reach broker {redact(app.broker_url)}: {error_text(exc)}", EXIT_UNAVAILABLE)
     return app
 
 
@@ -60,18 +90,28 @@ def _json_or_text(value: str):
         return value
 
 
-app_option = click.option("-A", "--app", "app_path", default=DEFAULT_APP, show_default=True,
-                          envvar="QDEPLOY_APP", help="The app, as module:attribute.")
-broker_option = click.option("-b", "--broker", envvar="QDEPLOY_BROKER", default=None,
-                             help="Broker URL (redis://, rediss://, unix://, sentinel://); "
-                                  "default: the app's.")
+app_option = click.option("-A", "--app", "app_path", default=None, metavar="MODULE:ATTR",
+                          help=f"The app (or $QDEPLOY_APP; default: the config's app, else {DEFAULT_APP}).")
+broker_option = click.option("-b", "--broker", default=None, metavar="URL",
+                             help="Broker URL (or $QDEPLOY_BROKER; default: the config's broker, else "
+                                  "the app's own). A password here shows in `ps`: keep it in the config.")
+
+
+def target_options(func):
+    """--config, -A/--app and -b/--broker, handed to the command as one `target` (a Target)."""
+    @functools.wraps(func)
+    def command(*args, config_file, app_path, broker, **kwargs):
+        return func(*args, target=Target(config_file, app_path, broker), **kwargs)
+
+    for option in (broker_option, app_option, config_option):
+        command = option(command)
+    return command
 
 
 @click.command()
 @click.argument("task")
 @click.argument("args", nargs=-1)
-@app_option
-@broker_option
+@target_options
 @click.option("-k", "--kwarg", "kwargs", multiple=True, metavar="KEY=VALUE",
               help="A keyword argument (VALUE parsed as JSON when it is JSON). Repeatable.")
 @click.option("-q", "--queue", default=None, help="Queue (default: the task's).")
@@ -81,9 +121,9 @@ broker_option = click.option("-b", "--broker", envvar="QDEPLOY_BROKER", default=
 @click.option("--force", is_flag=True, help="Send even if the app does not know the task.")
 @click.option("--wait", is_flag=True, help="Wait for the result and print it.")
 @click.option("--timeout", type=float, default=30.0, show_default=True, help="With --wait.")
-def enqueue(task, args, app_path, broker, kwargs, queue, countdown, expires, task_id, force,
-            wait, timeout):
+def enqueue(task, args, target, kwargs, queue, countdown, expires, task_id, force, wait, timeout):
     """Send TASK with ARGS (each parsed as JSON when it is JSON); print the task id."""
+    app_path, broker = target.resolve("enqueue")
     app = connect_app(app_path, broker, "enqueue")
     if task not in app.tasks and not force:
         known = ", ".join(sorted(app.tasks)) or "none"
@@ -100,7 +140,7 @@ def enqueue(task, args, app_path, broker, kwargs, queue, countdown, expires, tas
                             countdown=countdown, expires=expires, task_id=task_id)
     except TypeError as exc:
         fail("enqueue", str(exc), EXIT_USAGE)
-    except redis.RedisError as exc:
+    except RedisError as exc:
         fail("enqueue", f"cannot enqueue: {exc}", EXIT_UNAVAILABLE)
     click.echo(res.id)
     if wait:
@@ -109,15 +149,14 @@ def enqueue(task, args, app_path, broker, kwargs, queue, countdown, expires, tas
 
 @click.command()
 @click.argument("task_id")
-@app_option
-@broker_option
+@target_options
 @click.option("--wait", is_flag=True, help="Wait until the task is ready.")
 @click.option("--timeout", type=float, default=30.0, show_default=True, help="With --wait.")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole record as JSON.")
 @click.option("--traceback", "with_traceback", is_flag=True, help="Print a failure's traceback.")
-def result(task_id, app_path, broker, wait, timeout, as_json, with_traceback):
+def result(task_id, target, wait, timeout, as_json, with_traceback):
     """Print the state and result of TASK_ID (exit 1 if it failed or was revoked)."""
-    app = connect_app(app_path, broker, "result")
+    app = connect_app(*target.resolve("result"), "result")
     res = app.AsyncResult(task_id)
     sys.exit(_show(res, timeout if wait else None, as_json, with_traceback))
 
@@ -134,10 +173,10 @@ def _show(res, timeout, as_json, with_traceback) -> int:
     meta = res.info
     if as_json:
         click.echo(json.dumps(dict(meta, id=res.id)))
-    elif meta["state"] == "FAILURE":
-        click.echo(f"FAILURE {meta.get('exc_type')}: {meta.get('exc')}")
+    elif meta["state"] == "FAILURE":  # a task's error may quote a URL: redacted like ours
+        click.echo(redact_text(f"FAILURE {meta.get('exc_type')}: {meta.get('exc')}"))
         if with_traceback and meta.get("traceback"):
-            click.echo(meta["traceback"].rstrip())
+            click.echo(redact_text(meta["traceback"].rstrip()))
     elif meta["state"] == "REVOKED":
         click.echo(f"REVOKED {meta.get('reason') or ''}".rstrip())
     else:

@@ -11,24 +11,20 @@
 from __future__ import annotations
 
 import importlib
-
-import os
 import random
 import re
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Callable, Iterable
 
-import redis
-
+from qdeploy import defaults
 from qdeploy.core import message, results
-from qdeploy.core.broker import Broker
-from qdeploy.core.connection import connect
+from qdeploy.core.broker import Broker, result_ttl_of
+from qdeploy.core.connection import BROKER_DOWN, connect
 from qdeploy.core.results import AsyncResult, Results
 
-DEFAULT_BROKER = "redis://127.0.0.1:6379/0"
 PING_TASK = "qdeploy.ping"
 
 
@@ -52,7 +48,7 @@ class Retry(Exception):
     """Raised by `task.retry()`; the consumer acks this delivery and schedules the next one."""
 
     def __init__(self, exc: BaseException | None = None, countdown: float = 0.0):
-        super().__init__(f"retry in {countdown:.3f}s" + (f": {exc!r}" if exc else ""))
+        super().__init__(f"retry in {countdown:.3f}s" + (f": {results.describe(exc)[1]}" if exc else ""))
         self.exc, self.countdown = exc, countdown
 
 
@@ -99,7 +95,7 @@ def _timestamp(value: datetime | float | None) -> float | None:
 class Task:
     """A registered function plus its options. Calling it runs it here, synchronously."""
 
-    def __init__(self, app: "App", fn: Callable, *, name: str | None = None,
+    def __init__(self, app: App, fn: Callable, *, name: str | None = None,
                  queue: str | None = None, max_retries: int | None = 3,
                  retry_backoff: bool | float = False, retry_backoff_max: float = 600.0,
                  retry_jitter: bool = True, default_retry_delay: float = 3.0,
@@ -189,10 +185,10 @@ class App:
     dead_letter_max: int = 10000
     track_started: bool = False
     tasks: dict[str, Task] = field(default_factory=dict)
-    conf: "Conf" = field(default_factory=lambda: Conf())
+    conf: Conf = field(default_factory=lambda: Conf())
 
     def __post_init__(self):
-        self.broker_url = self.broker or os.environ.get("QDEPLOY_BROKER") or DEFAULT_BROKER
+        self.result_ttl = result_ttl_of(self.result_ttl)
         self._broker: Broker | None = None
         self._results: Results | None = None
         self.task(name=PING_TASK)(_ping)  # every app answers it: `qdeploy verify`'s round trip
@@ -200,21 +196,25 @@ class App:
     def __hash__(self):
         return id(self)
 
-    def configure(self, **settings) -> "App":
+    def configure(self, **settings) -> App:
         """Change settings (e.g. the broker URL from `-b`) before anything connected."""
         for key, value in settings.items():
-            if key == "broker":
-                self.broker_url = value
-            elif not hasattr(self, key) or key == "tasks":
+            if not hasattr(self, key) or key == "tasks":
                 raise TypeError(f"unknown App setting {key!r}")
-            setattr(self, key, value)
+            setattr(self, key, result_ttl_of(value) if key == "result_ttl" else value)
         self._broker = self._results = None
         return self
 
     # -- connections -------------------------------------------------------------------------
-    def connect_broker(self, retries: int = 2) -> Broker:
+    @property
+    def broker_url(self) -> str:
+        """`broker=`, else $QDEPLOY_BROKER, else the default (qdeploy.defaults.broker_url)."""
+        return defaults.broker_url(self.broker)
+
+    def connect_broker(self, retries: int = 2, client=None) -> Broker:
+        """A Broker with this app's settings (over `client`, if given)."""
         return Broker(self.broker_url, self.namespace, result_ttl=self.result_ttl, retries=retries,
-                      dead_letter_max=self.dead_letter_max)
+                      dead_letter_max=self.dead_letter_max, client=client)
 
     @property
     def transport(self) -> Broker:
@@ -268,27 +268,27 @@ class App:
                  soft_time_limit: float | None = None, ignore_result: bool | None = None,
                  retries: int = 0) -> message.Envelope:
         """Build (without sending) the envelope `apply_async` would send."""
-        if isinstance(task, str):
-            task = self.tasks.get(task) or task
-        known = isinstance(task, Task)
+        known = task if isinstance(task, Task) else self.tasks.get(task)  # None: sent by name only
+        name = known.name if known else task
         eta = _timestamp(eta)
         if countdown is not None:
-            eta = time.time() + countdown
-        expires = expires if expires is not None else (task.expires if known else None)
+            eta = time.time() + message.check_number("countdown", countdown)  # type: ignore[operator]
+        expires = expires if expires is not None else (known.expires if known else None)
         if expires is not None:  # a datetime, or seconds from now (as in Celery)
-            expires = _timestamp(expires) if isinstance(expires, datetime) else time.time() + expires
+            expires = _timestamp(expires) if isinstance(expires, datetime) else (
+                time.time() + message.check_number("expires", expires))  # type: ignore[operator]
         limits = {}
         for key, value, default in (("hard", time_limit, "time_limit"),
                                     ("soft", soft_time_limit, "soft_time_limit")):
-            value = value if value is not None else (getattr(task, default) if known else None)
+            value = value if value is not None else (getattr(known, default) if known else None)
             if value is not None:
                 limits[key] = value
         return message.build(
-            task.name if known else task, args, kwargs, task_id=task_id, eta=eta, expires=expires,
-            queue=queue or (task.queue if known else None) or self.default_queue,
+            name, args, kwargs, task_id=task_id, eta=eta, expires=expires,  # type: ignore[arg-type]
+            queue=queue or (known.queue if known else None) or self.default_queue,
             retries=retries, max_retries=max_retries, limits=limits,
             ignore_result=ignore_result if ignore_result is not None else (
-                task.ignore_result if known else False))
+                known.ignore_result if known else False))
 
     def send_many(self, calls: Iterable[tuple]) -> list[AsyncResult]:
         """Enqueue many tasks in pipelined round trips: items are (task_or_name, args, kwargs)
@@ -312,7 +312,7 @@ class App:
         for attempt in range(attempts + 1):
             try:
                 return self.transport.publish(items)
-            except (redis.ConnectionError, redis.TimeoutError):
+            except BROKER_DOWN:
                 if attempt == attempts:
                     raise
                 time.sleep(interval)
@@ -323,7 +323,7 @@ class App:
         """Send by name; the task need not be registered in this process."""
         return self.send_many([(name, args or (), kwargs or {}, options)])[0]
 
-    def AsyncResult(self, task_id: str) -> AsyncResult:  # noqa: N802 (Celery's spelling)
+    def AsyncResult(self, task_id: str) -> AsyncResult:
         return AsyncResult(task_id, self)
 
     def revoke(self, task_id: str) -> None:
@@ -360,7 +360,7 @@ def load_app(path: str) -> App:
     module_name, _, attr = path.partition(":")
     try:
         module = importlib.import_module(module_name)
-    except Exception as exc:  # ImportError, or the module itself raising while importing
+    except Exception as exc:  # noqa: BLE001 - ImportError, or the module itself raising while importing
         raise AppImportError(f"cannot import app {path!r}: {type(exc).__name__}: {exc}") from None
     app = getattr(module, attr or "app", None)
     if not isinstance(app, App):

@@ -9,7 +9,9 @@ queue. See docs/protocol.md for the field table.
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import socket
 import time
 from dataclasses import asdict, dataclass, field
@@ -18,6 +20,9 @@ VERSION = 1
 MAX_BODY = 16 * 1024 * 1024  # a message larger than this is refused, not parsed
 
 _ORIGIN = f"{socket.gethostname()}:{os.getpid()}"
+TASK_ID = re.compile(r"[!-~]{1,255}")  # visible ASCII: safe in every key, log line and event line
+QUEUE_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,200}")
+LIMITS = {"soft": "soft_time_limit", "hard": "time_limit"}  # envelope key -> option name
 
 
 class MalformedMessage(ValueError):
@@ -48,7 +53,7 @@ class Envelope:
     def is_expired(self, now: float | None = None) -> bool:
         return self.expires is not None and (now if now is not None else time.time()) >= self.expires
 
-    def next_retry(self, eta: float) -> "Envelope":
+    def next_retry(self, eta: float | None) -> Envelope:
         data = asdict(self)
         data.update(retries=self.retries + 1, eta=eta)
         return Envelope(**data)
@@ -67,13 +72,64 @@ def build(task: str, args=(), kwargs=None, *, queue: str, task_id: str | None = 
           eta: float | None = None, expires: float | None = None, retries: int = 0,
           max_retries: int | None = None, limits: dict | None = None,
           ignore_result: bool = False) -> Envelope:
-    """A new envelope for `task`; `args` must be JSON-serialisable (checked by `encode`)."""
+    """A new envelope for `task`, every option checked here, at the producer: TypeError for a
+    value of the wrong type, ValueError for one out of range. `args` must be JSON-serialisable
+    (checked by `encode`)."""
     if not isinstance(kwargs, (dict, type(None))):
         raise TypeError(f"kwargs must be a dict, not {type(kwargs).__name__}")
+    if isinstance(args, (str, bytes, dict)) or not hasattr(args, "__iter__"):
+        raise TypeError(f"args must be a list or tuple, not {type(args).__name__}")
+    check_text("task name", task, _is_task_name)
+    check_text("queue", queue, QUEUE_NAME.fullmatch)
+    if task_id is not None:
+        check_text("task_id", task_id, TASK_ID.fullmatch)
+    eta = check_number("eta", eta, expected="a datetime or a unix time")
+    expires = check_number("expires", expires, expected="a datetime or a unix time")
+    check_count("retries", retries)
+    if max_retries is not None:
+        check_count("max_retries", max_retries)
+    limits = dict(limits or {})
+    for key in limits:
+        if key not in LIMITS:
+            raise ValueError(f"unknown time limit {key!r} (expected {' or '.join(LIMITS)})")
+        limits[key] = check_number(LIMITS[key], limits[key], minimum=0.0)
+    if not isinstance(ignore_result, bool):
+        raise TypeError(f"ignore_result must be True or False, not {type(ignore_result).__name__}")
     return Envelope(id=task_id or new_id(), task=task, args=list(args), kwargs=dict(kwargs or {}),
                     queue=queue, eta=eta, expires=expires, retries=retries,
-                    max_retries=max_retries, limits=dict(limits or {}),
+                    max_retries=max_retries, limits={k: v for k, v in limits.items() if v is not None},
                     ignore_result=ignore_result, created=time.time(), origin=_ORIGIN)
+
+
+def _is_task_name(name: str) -> bool:
+    return 0 < len(name) <= 255 and name.isprintable() and not any(c.isspace() for c in name)
+
+
+def check_text(what: str, value, valid) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be a string, not {type(value).__name__}")
+    if not valid(value):
+        raise ValueError(f"invalid {what} {value[:60]!r}")
+    return value
+
+
+def check_number(what: str, value, minimum: float | None = None, expected: str = "a number of seconds") -> float | None:
+    """None, or a finite int/float (not a bool) >= minimum."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{what} must be {expected}, not {type(value).__name__} {str(value)[:40]!r}")
+    if not math.isfinite(value) or (minimum is not None and value < minimum):
+        raise ValueError(f"{what} must be a finite number{f' >= {minimum:g}' if minimum is not None else ''}, not {value!r}")
+    return value
+
+
+def check_count(what: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{what} must be an integer, not {type(value).__name__}")
+    if value < 0:
+        raise ValueError(f"{what} must be >= 0, not {value}")
+    return value
 
 
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
@@ -122,7 +178,7 @@ def decode(raw: bytes | str) -> Envelope:
     if not isinstance(data, dict):
         raise MalformedMessage(f"message is a JSON {type(data).__name__}, expected an object")
     version = data.get("v")
-    if version != VERSION:
+    if type(version) is not int or version != VERSION:  # `true == 1` in Python: not a version
         raise MalformedMessage(f"unsupported envelope version {version!r} (this worker reads v{VERSION})")
     for name, (types, required) in _SCHEMA.items():
         if name not in data:
@@ -137,6 +193,19 @@ def decode(raw: bytes | str) -> Envelope:
         raise MalformedMessage(f"envelope has unknown fields {sorted(unknown)}")
     if not data["id"] or not data["task"]:
         raise MalformedMessage("envelope 'id' and 'task' must be non-empty")
+    try:  # the values, as the producer checked them (a message may come from anywhere)
+        check_text("task id", data["id"], TASK_ID.fullmatch)
+        check_text("task name", data["task"], _is_task_name)
+        check_text("queue", data["queue"], QUEUE_NAME.fullmatch)
+        check_count("retries", data.get("retries", 0))
+        if data.get("max_retries") is not None:
+            check_count("max_retries", data["max_retries"])
+        for key, value in data.get("limits", {}).items():
+            if key not in LIMITS:
+                raise ValueError(f"unknown time limit {key[:20]!r}")
+            check_number(LIMITS[key], value, minimum=0.0)
+    except (TypeError, ValueError) as exc:
+        raise MalformedMessage(f"envelope: {exc}") from None
     return Envelope(**data)
 
 

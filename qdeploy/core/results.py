@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import json
 import time
+import traceback as traceback_module
 from typing import TYPE_CHECKING, Any
+
+from qdeploy.core.keys import Keys
 
 if TYPE_CHECKING:
     from qdeploy.core.app import App
@@ -44,6 +47,25 @@ class ResultTimeout(ResultError, TimeoutError):
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
+def describe(exc: BaseException) -> tuple[str, str, str]:
+    """(type name, message, traceback) of an exception, whatever it does: an exception whose
+    `__str__` or `__repr__` raises (or returns a non-string) gets a fallback text instead of
+    taking down the process that reports it."""
+    name = type(exc).__name__
+    try:
+        text = str(exc)
+        if not isinstance(text, str):
+            raise TypeError("__str__ returned a non-string")
+    except BaseException as err:  # noqa: BLE001 - user code
+        text = f"<unprintable {name}: str() raised {type(err).__name__}>"
+    try:
+        trace = "".join(traceback_module.format_exception(exc))
+    except BaseException:  # noqa: BLE001 - the traceback module calls str(exc) too
+        frames = "".join(traceback_module.format_tb(exc.__traceback__))
+        trace = f"Traceback (most recent call last):\n{frames}{name}: {text}\n"
+    return name, text, trace
+
+
 def record(state: str, *, result: Any = None, exc_type: str | None = None, exc: str | None = None,
            traceback: str | None = None, reason: str | None = None, task: str | None = None,
            worker: str | None = None, retries: int = 0) -> str:
@@ -61,17 +83,17 @@ class Results:
     """Reads and writes records. `colocated` means the broker's Lua scripts write them too."""
 
     def __init__(self, client, namespace: str, ttl: int, colocated: bool):
-        self.client, self.ns, self.ttl, self.colocated = client, namespace, int(ttl), colocated
+        self.client, self.keys, self.ttl, self.colocated = client, Keys(namespace), int(ttl), colocated
 
     def key(self, task_id: str) -> str:
-        return f"{self.ns}:r:{task_id}"
+        return self.keys.result(task_id)
 
     def get(self, task_id: str) -> dict | None:
         raw = self.client.get(self.key(task_id))
         return json.loads(raw) if raw else None
 
     def store(self, task_id: str, encoded: str) -> None:
-        self.client.set(self.key(task_id), encoded, ex=self.ttl)
+        self.client.set(self.key(task_id), encoded, ex=self.ttl or None)  # 0: keep forever
 
     def forget(self, task_id: str) -> None:
         self.client.delete(self.key(task_id))
@@ -80,7 +102,7 @@ class Results:
 class AsyncResult:
     """A handle on one task's outcome, Celery-shaped."""
 
-    def __init__(self, task_id: str, app: "App"):
+    def __init__(self, task_id: str, app: App):
         self.id = task_id
         self.app = app
         self._cache: dict | None = None

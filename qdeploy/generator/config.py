@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from qdeploy.core.urls import redact, redact_text
+from qdeploy.defaults import EX_USAGE
 from qdeploy.generator import nodes as nodes_mod
 from qdeploy.generator.datatypes import absolute_path
 from qdeploy.generator.settings import BY_KEY, NODE_SETTINGS, SECTIONS, SETTINGS
@@ -28,7 +30,7 @@ ENV_PREFIX = "QDEPLOY_"
 class ConfigError(Exception):
     """A bad config: the message is one line naming source, key and what was expected."""
 
-    exit_code = 2
+    exit_code = EX_USAGE
 
 
 @dataclass(frozen=True)
@@ -59,11 +61,11 @@ class Config:
 
 def find(explicit: str | None = None, environ: Mapping[str, str] = os.environ) -> Path | None:
     """`--config`, then `$QDEPLOY_CONFIG`, then `./qdeploy.toml`, then `/etc/qdeploy/qdeploy.toml`."""
-    for origin, candidate in (("--config", explicit), ("QDEPLOY_CONFIG", environ.get("QDEPLOY_CONFIG"))):
-        if candidate:
-            path = Path(candidate)
+    for origin, given in (("--config", explicit), ("QDEPLOY_CONFIG", environ.get("QDEPLOY_CONFIG"))):
+        if given:
+            path = Path(given)
             if not path.is_file():
-                raise ConfigError(f"{candidate}: config file not found (from {origin})")
+                raise ConfigError(f"{given}: config file not found (from {origin})")
             return path
     for candidate in (Path(LOCAL_CONFIG), Path(SYSTEM_CONFIG)):
         if candidate.is_file():
@@ -81,7 +83,7 @@ def load(
     raw = _read(path) if path else {}
     source = str(path) if path else "defaults"
     values = {s.key: s.default for s in SETTINGS}
-    given = set()
+    given: set[str] = set()
     overrides_raw = raw.pop("node", {})
     for key, value in _flatten(raw, source):
         values[key] = _parse(key, value, source)
@@ -91,13 +93,15 @@ def load(
         if env_name in environ:
             values[key] = _parse(key, environ[env_name], f"${env_name}")
             given.add(key)
-    explicit = frozenset(key for key, value in (cli or {}).items() if value is not None)
-    for key in explicit:
-        values[key] = _parse(key, cli[key], BY_KEY[key].flag or key)
+    flags = dict(cli or {})
+    on_command_line = frozenset(key for key, value in flags.items() if value is not None)
+    for key in on_command_line:
+        values[key] = _parse(key, flags[key], BY_KEY[key].flag or key)
     if values["executable"] == "auto":
         values["executable"] = _own_executable()
     overrides = _parse_overrides(overrides_raw, values["worker.nodes"], source)
-    return Config(values, overrides, str(path) if path else None, explicit, frozenset(given | explicit))
+    return Config(values, overrides, str(path) if path else None, on_command_line,
+                  frozenset(given | on_command_line))
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -135,7 +139,7 @@ def _parse(key: str, value: Any, source: str) -> Any:
     try:
         return BY_KEY[key].parse(value)
     except ValueError as exc:
-        raise ConfigError(f"{source}: {key} = {_show(value)}: {exc}") from None
+        raise ConfigError(f"{source}: {key} = {_show(value, key)}: {redact_text(str(exc))}") from None
 
 
 def _parse_overrides(raw: Any, names: list[str], source: str) -> dict[str, dict[str, Any]]:
@@ -167,8 +171,13 @@ def _quoted(name: str) -> str:
     return f"'{name}'" if name.isprintable() else repr(name)
 
 
-def _show(value: Any) -> str:
-    shown = repr(value)
+def _show(value: Any, key: str = "") -> str:
+    """The value as an error shows it: credentials redacted first (the broker's as a URL, even a
+    malformed one; URLs inside any other value), then cut to one short line."""
+    if isinstance(value, str):
+        shown = repr(redact(value) if key == "broker" else redact_text(value))
+    else:
+        shown = redact_text(repr(value))
     return shown if len(shown) <= 60 else shown[:57] + "..."
 
 

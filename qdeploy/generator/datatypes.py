@@ -10,11 +10,17 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
+
+from qdeploy.core.urls import BrokerURL, BrokerURLError, redact_text
 
 Parser = Callable[[Any], Any]
 
-NODE_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+# One limit for node names, used by the config, `qdeploy worker --node/-n` and `control -d`:
+# systemd refuses unit names over 255 characters (`qworker@NAME.service`), and a node's name is
+# part of every key, pid file and log file name that carries it.
+NODE_NAME_MAX = 64
+NODE_NAME = re.compile(rf"[A-Za-z0-9_.-]{{1,{NODE_NAME_MAX}}}")
+NODE_NAME_RULE = f"1 to {NODE_NAME_MAX} letters, digits and _ . -"
 QUEUE_NAME = re.compile(r"[A-Za-z0-9_.:-]+")
 POSIX_USER = re.compile(r"[a-z_][a-z0-9_-]{0,30}")
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -87,6 +93,34 @@ def absolute_path(value: Any) -> str:
     return value.rstrip("/") or "/"
 
 
+# Directories never given to the services as workdir/log_dir/pid_dir/state_dir: tmpfiles.d would
+# hand them to the service user (`d PATH 0750 qdeploy qdeploy` chowns an existing directory), the
+# units would make them writable (`ReadWritePaths=`), logrotate would rotate `PATH/*.log`.
+# SYSTEM_DIRS are refused themselves (their subdirectories are fine: /var/log/qdeploy, /srv/proj);
+# SYSTEM_TREES with everything under them (the OS, the kernel, devices: nothing a service writes
+# belongs there); a directory right under /home is somebody's home. docs/security.md explains each.
+SYSTEM_DIRS = frozenset({
+    "/", "/home", "/lost+found", "/media", "/mnt", "/opt", "/root", "/srv", "/tmp", "/snap",
+    "/run", "/run/lock", "/run/log", "/run/shm", "/run/systemd", "/run/user",
+    "/var", "/var/backups", "/var/cache", "/var/lib", "/var/local", "/var/lock", "/var/log", "/var/mail",
+    "/var/opt", "/var/run", "/var/spool", "/var/tmp", "/var/cache/private", "/var/lib/private",
+    "/var/log/journal", "/var/log/private", "/var/spool/cron",
+})
+SYSTEM_TREES = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/sbin",
+                "/sys", "/usr")
+
+
+def service_dir(value: Any) -> str:
+    """A directory of the services' own (workdir, log_dir, pid_dir, state_dir): an absolute path
+    that is not / or a system directory (SYSTEM_DIRS, SYSTEM_TREES, /home/USER)."""
+    path = re.sub(r"/+", "/", absolute_path(value))
+    parent, _, _ = path.rpartition("/")
+    if path in SYSTEM_DIRS or parent == "/home" or any(path == t or path.startswith(t + "/") for t in SYSTEM_TREES):
+        raise ValueError("expected a directory of the services' own such as /var/log/qdeploy, "
+                         "not / or a system directory (see docs/security.md)")
+    return path
+
+
 def executable(value: Any) -> str:
     if value == "auto":
         return value
@@ -155,14 +189,26 @@ def argv_list(value: Any) -> list[str]:
     if not isinstance(value, list):
         raise ValueError("expected a list of strings, e.g. [\"--prefetch\", \"4\"]")
     try:
-        return [text(v) for v in value]
+        args = [text(v) for v in value]
     except ValueError:
         raise ValueError("expected a list of single-line strings") from None
+    if any(redact_text(arg) != arg for arg in args):  # the unit files and supervisord's are 0644
+        raise ValueError("expected no credentials (a URL's password belongs in `broker`, which only "
+                         "0640 files hold)")
+    return args
+
+
+# What no environment value can carry: NUL (C strings), and what systemd refuses in an
+# EnvironmentFile= (systemd.exec(5): Unicode noncharacters fail the whole file, so the unit would
+# not start) or what is not text at all (lone surrogates).
+ENV_UNREPRESENTABLE = re.compile(
+    "[\0\ud800-\udfff\ufdd0-\ufdef" + "".join(f"{chr(p + 0xFFFE)}{chr(p + 0xFFFF)}" for p in range(0, 0x110000, 0x10000)) + "]"
+)
 
 
 def environment(value: Any) -> dict[str, str]:
     """A table of environment variables. Values may hold any text, even newlines: every
-    rendered syntax quotes them. Only NUL is refused (no syntax can carry it)."""
+    rendered syntax quotes them. Only what no syntax can carry is refused (ENV_UNREPRESENTABLE)."""
     if not isinstance(value, dict):
         raise ValueError("expected a table of NAME = \"value\"")
     result = {}
@@ -171,8 +217,11 @@ def environment(value: Any) -> dict[str, str]:
             raise ValueError(f"expected environment variable names like FOO_BAR, got {name!r}")
         if _is_int(val) or isinstance(val, float) or isinstance(val, bool):
             val = str(val).lower() if isinstance(val, bool) else str(val)
-        if not isinstance(val, str) or "\0" in val:
+        if not isinstance(val, str):
             raise ValueError(f"expected a string value for {name}")
+        if bad := ENV_UNREPRESENTABLE.search(val):
+            raise ValueError(f"expected a value for {name} without U+{ord(bad[0]):04X} "
+                             "(NUL, surrogates and Unicode noncharacters cannot be passed to a service)")
         result[name] = val
     return result
 
@@ -184,24 +233,14 @@ def nodes(value: Any) -> list[str]:
         if not 1 <= count <= 1000:
             raise ValueError("expected a node count from 1 to 1000 or a list of node names")
         return [str(i) for i in range(1, count + 1)]
-    names = string_list(pattern(NODE_NAME, "names of letters, digits and _ . -"), "node names")(value)
+    names = string_list(pattern(NODE_NAME, f"names of {NODE_NAME_RULE}"), "node names")(value)
     return names
 
 
-BROKER_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "sentinel")
-
-
 def broker_url(value: Any) -> str:
-    text(value)
-    parts = urlsplit(value)
-    if parts.scheme not in BROKER_SCHEMES:
-        raise ValueError(f"expected a URL starting with one of {', '.join(s + '://' for s in BROKER_SCHEMES)}")
-    if parts.scheme == "unix" and not parts.path.startswith("/"):
-        raise ValueError("expected unix:///absolute/path.sock")
-    if parts.scheme != "unix" and not parts.hostname:
-        raise ValueError("expected a host, e.g. redis://127.0.0.1:6379/0")
+    """A broker URL, judged by the one parser every connection uses (`qdeploy.core.urls`)."""
     try:
-        parts.port  # noqa: B018 - raises on a bad port
-    except ValueError:
-        raise ValueError("expected a port from 0 to 65535") from None
+        BrokerURL.parse(value)
+    except BrokerURLError as exc:
+        raise ValueError(exc.reason) from None
     return value

@@ -28,15 +28,15 @@ import uuid
 import weakref
 from dataclasses import dataclass, field
 
-import redis
-
 from qdeploy.core.app import parse_rate
-from qdeploy.core.connection import connect, socket_of
+from qdeploy.core.connection import BROKER_DOWN, REDIS_PY_VERSION, RedisError, socket_of
+from qdeploy.generator.datatypes import NODE_NAME
+from qdeploy.ops import fleet
 
 log = logging.getLogger("qdeploy.worker")
 
 REQUEST_ID = re.compile(r"[0-9a-f]{32}")
-DESTINATION = re.compile(r"[A-Za-z0-9_.-]{1,64}(@[A-Za-z0-9_.-]{1,253})?")
+DESTINATION = re.compile(rf"(?:{NODE_NAME.pattern})(@[A-Za-z0-9_.-]{{1,253}})?")  # NODE or NODE@HOST
 TASK_ID = re.compile(r"[A-Za-z0-9_.:-]{1,200}")
 INSPECT = ("active", "reserved", "scheduled", "stats", "registered", "queues")
 CONTROL = ("ping", "shutdown", "pool-grow", "pool-shrink", "rate-limit", "revoke")
@@ -45,23 +45,11 @@ MAX_REQUEST = 64 * 1024
 REPLY_TTL = 60
 MAX_DESTINATIONS = 100
 RECONNECT_MAX = 30.0
-_DOWN = (redis.ConnectionError, redis.TimeoutError, OSError)
+_DOWN = BROKER_DOWN + (OSError,)
 
 
 class ControlError(ValueError):
     """A request a node refuses (bad arguments): sent back as the reply's error."""
-
-
-def channel(ns: str) -> str:
-    return f"{ns}:ctl"
-
-
-def request_key(ns: str, rid: str) -> str:
-    return f"{ns}:ctl:req:{rid}"
-
-
-def reply_key(ns: str, rid: str) -> str:
-    return f"{ns}:ctl:reply:{rid}"
 
 
 def check_destinations(values) -> list[str] | None:
@@ -128,8 +116,8 @@ class ControlServer:
 
     def __init__(self, master):
         self.master = master
-        self.ns = master.broker.ns
-        self.pubsub = self.client = None
+        self.keys = master.broker.keys
+        self.pubsub = None
         self.fd: int | None = None
         self.retry_at = 0.0
         self.backoff = 0.5
@@ -143,20 +131,19 @@ class ControlServer:
 
     def _subscribe(self) -> None:
         try:
-            client = connect(self.master.broker.url, retries=0, socket_timeout=2.0, connect_timeout=1.0)
-            pubsub = client.pubsub(ignore_subscribe_messages=True)
-            pubsub.subscribe(channel(self.ns))
+            pubsub = self.master.broker.client.pubsub(ignore_subscribe_messages=True)
+            pubsub.subscribe(self.keys.control)
             sock = socket_of(pubsub.connection)  # what the selector watches
             if sock is None:
                 pubsub.close()
                 self.retry_at = float("inf")  # no retrying: this redis-py will not grow one
                 log.error("control channel disabled: redis-py %s does not expose its connection's socket; "
-                          "this node will not answer inspect/control", getattr(redis, "__version__", "?"))
+                          "this node will not answer inspect/control", REDIS_PY_VERSION)
                 return
             self.fd = sock.fileno()
             self.master.selector.register(self.fd, selectors.EVENT_READ, self)
-            self.pubsub, self.client, self.backoff = pubsub, client, 0.5  # keep the client: its __del__ closes the pool
-        except _DOWN + (redis.RedisError,) as exc:
+            self.pubsub, self.backoff = pubsub, 0.5
+        except _DOWN + (RedisError,) as exc:
             self.retry_at = time.monotonic() + self.backoff
             log.warning("control channel unavailable (%s): retrying in %.1fs", exc, self.backoff)
             self.backoff = min(self.backoff * 2, RECONNECT_MAX)
@@ -172,7 +159,7 @@ class ControlServer:
                 self.pubsub.close()
             except Exception as exc:  # noqa: BLE001 - a dead connection may fail to close cleanly
                 log.debug("closing the control connection: %s", exc)
-        self.pubsub = self.client = self.fd = None
+        self.pubsub = self.fd = None
         self.retry_at = time.monotonic() + self.backoff
 
     def forget(self) -> None:
@@ -194,7 +181,7 @@ class ControlServer:
                     break
                 if message.get("type") == "message":
                     self.handle(message["data"])
-        except _DOWN + (redis.RedisError,) as exc:
+        except _DOWN + (RedisError,) as exc:
             log.warning("control channel lost (%s): reconnecting", exc)
             self._drop()
             return
@@ -218,18 +205,18 @@ class ControlServer:
         else:
             self.master.selector.register(fd, selectors.EVENT_READ, self)
 
-    def handle(self, rid: bytes) -> None:
-        rid = rid.decode(errors="replace") if isinstance(rid, bytes) else str(rid)
+    def handle(self, data: bytes | str) -> None:
+        rid = data.decode(errors="replace") if isinstance(data, bytes) else str(data)
         if not REQUEST_ID.fullmatch(rid):
             return
         client = self.master.broker.client
         try:
-            req = parse_request(client.get(request_key(self.ns, rid)))
+            req = parse_request(client.get(self.keys.control_request(rid)))
         except ValueError as exc:
             if str(exc) != "expired":
                 log.warning("ignoring control request %s: %s", rid, exc)
             return
-        except _DOWN + (redis.RedisError,) as exc:
+        except _DOWN + (RedisError,) as exc:
             log.warning("cannot read control request %s: %s", rid, exc)
             return
         opts = self.master.opts
@@ -242,10 +229,10 @@ class ControlServer:
         reply.update(owner=opts.owner, node=opts.node, cmd=req["cmd"])
         try:
             pipe = client.pipeline(transaction=True)
-            pipe.rpush(reply_key(self.ns, rid), json.dumps(reply, default=str))
-            pipe.expire(reply_key(self.ns, rid), REPLY_TTL)
+            pipe.rpush(self.keys.control_reply(rid), json.dumps(reply, default=str))
+            pipe.expire(self.keys.control_reply(rid), REPLY_TTL)
             pipe.execute()
-        except _DOWN + (redis.RedisError,) as exc:
+        except _DOWN + (RedisError,) as exc:
             log.warning("cannot reply to control request %s: %s", rid, exc)
         if req["cmd"] == "shutdown" and reply["ok"]:
             log.info("shutdown requested over the control channel")
@@ -312,7 +299,7 @@ class ControlServer:
             raise ControlError("ids must be a list of task ids")
         running, killed = [], []
         for child in list(self.master.children.values()):
-            hit = [i for i in _child_task_ids(child) if i in ids]
+            hit = [i for i in child.tasks if i in ids]
             running += hit
             if hit and terminate:
                 self.master.kill_child(child, "revoked")  # its task is requeued, then settled REVOKED
@@ -320,18 +307,11 @@ class ControlServer:
         return {"running": running, "terminated": killed}
 
 
-def _child_task_ids(child) -> list[str]:
-    """Task ids a child runs now (one, or several with a threads pool)."""
-    tasks = getattr(child, "tasks", None)
-    if tasks is not None:
-        return list(tasks)
-    task = getattr(child, "task", None)
-    return [task.id] if task else []
-
-
-def _tasks(child: dict) -> list[str]:
-    """The same, from `Master.state()`'s children."""
-    return list(child.get("tasks") or ([child["task"]] if child.get("task") else []))
+def _ids(child, key: str) -> list[str]:
+    """The ids under `key` of one child in a node's reply (`Master.state()`'s shape). The reply
+    crossed the network: anything but a list of strings counts as none."""
+    value = child.get(key) if isinstance(child, dict) else None
+    return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
 
 
 def _count(value) -> int:
@@ -366,11 +346,11 @@ class Control:
     def __init__(self, broker):
         self.broker = broker
         self.client = broker.client
-        self.ns = broker.ns
+        self.keys = broker.keys
 
     def nodes(self) -> dict[str, dict]:
         """Online worker masters (owner -> heartbeat info); solo workers have no control channel."""
-        return {o: i for o, i in self.broker.heartbeats().items() if "pool" in i}
+        return {o: i for o, i in fleet.heartbeats(self.broker).items() if "pool" in i}
 
     def request(self, cmd: str, args: dict | None = None, destination: list[str] | None = None,
                 timeout: float = 1.0) -> Gathered:
@@ -383,8 +363,8 @@ class Control:
         rid = uuid.uuid4().hex
         body = json.dumps({"v": 1, "id": rid, "cmd": cmd, "args": args or {}, "dest": destination})
         pipe = self.client.pipeline(transaction=True)
-        pipe.set(request_key(self.ns, rid), body, px=max(1, int(timeout * 1000)))
-        pipe.publish(channel(self.ns), rid)
+        pipe.set(self.keys.control_request(rid), body, px=max(1, int(timeout * 1000)))
+        pipe.publish(self.keys.control, rid)
         pipe.execute()
         gathered = Gathered(cmd, unknown=unknown)
         deadline = started + timeout
@@ -392,7 +372,7 @@ class Control:
             left = deadline - time.monotonic()
             if left <= 0:
                 break
-            item = self.client.blpop([reply_key(self.ns, rid)], timeout=min(left, 5.0))
+            item = self.client.blpop([self.keys.control_reply(rid)], timeout=min(left, 5.0))
             if item is None:
                 continue
             try:
@@ -400,7 +380,7 @@ class Control:
                 gathered.replies[str(reply["owner"])] = reply
             except (ValueError, KeyError, TypeError):
                 continue
-        self.client.delete(request_key(self.ns, rid), reply_key(self.ns, rid))
+        self.client.delete(self.keys.control_request(rid), self.keys.control_reply(rid))
         gathered.missing = sorted(expected - gathered.replies.keys())
         gathered.elapsed = time.monotonic() - started
         return gathered
@@ -412,28 +392,31 @@ class Control:
         gathered = self.request(what, destination=destination, timeout=timeout)
         for reply in gathered.replies.values():
             if reply.get("ok") and what in ("active", "reserved", "scheduled"):
-                reply["result"] = getattr(self, f"_{what}")(reply["result"])
+                try:  # the reply crossed the network: a node that sends nonsense is reported as such
+                    reply["result"] = getattr(self, f"_{what}")(reply["result"])
+                except (KeyError, TypeError, AttributeError, ValueError):
+                    reply.update(ok=False, error=f"malformed {what} reply")
         return gathered
 
     def _active(self, result: dict) -> list[dict]:
-        rows = [{"id": t, "child": c["pid"], "slot": c["slot"]} for c in result["children"] for t in _tasks(c)]
+        rows = [{"id": t, "child": c["pid"], "slot": c["slot"]} for c in result["children"] for t in _ids(c, "tasks")]
         return self._describe(rows)
 
     def _reserved(self, result: dict) -> list[dict]:
         rows = []
         for c in result["children"]:
-            running = set(_tasks(c))
-            for task_id in [i for cid in (c.get("cids") or [c.get("cid")]) if cid for i in self.broker.inflight(cid)]:
+            running = set(_ids(c, "tasks"))
+            for task_id in [i for cid in _ids(c, "cids") for i in fleet.inflight(self.broker, cid)]:
                 if task_id not in running:
                     rows.append({"id": task_id, "child": c["pid"], "slot": c["slot"]})
         return self._describe(rows)
 
     def _scheduled(self, result: dict) -> list[dict]:
-        rows = [{"id": i, "queue": q, "eta": eta} for q in result["queues"] for i, eta in self.broker.eta_entries(q)]
+        rows = [{"id": i, "queue": q, "eta": eta} for q in result["queues"] for i, eta in fleet.eta_entries(self.broker, q)]
         return self._describe(rows)
 
     def _describe(self, rows: list[dict]) -> list[dict]:
-        bodies = self.broker.bodies([r["id"] for r in rows])
+        bodies = fleet.bodies(self.broker, [r["id"] for r in rows])
         for row in rows:
             try:
                 env = json.loads(bodies.get(row["id"]) or b"{}")

@@ -19,12 +19,9 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import ClassVar
 
-import redis
-
 from qdeploy import __version__
-
+from qdeploy.core.connection import RedisError, redact
 from qdeploy.ops import fleet
-from qdeploy.core.connection import redact
 
 log = logging.getLogger("qdeploy.dashboard")
 CACHE_SECONDS = 0.5  # many open pages cost Redis one snapshot per half second, not one each
@@ -128,7 +125,7 @@ class Handler(BaseHTTPRequestHandler):
         if path == "/api/state":
             try:
                 body, status = json.dumps(self.server.state(), default=str), HTTPStatus.OK
-            except redis.RedisError as exc:
+            except RedisError as exc:
                 body, status = json.dumps({"error": f"broker unreachable: {exc}"}), HTTPStatus.SERVICE_UNAVAILABLE
             return self._send(status, "application/json", body)
         if path in self.routes:
@@ -143,7 +140,7 @@ class Handler(BaseHTTPRequestHandler):
     do_POST = do_PUT = do_DELETE = do_PATCH = _refuse
 
     def _authorised(self) -> bool:
-        expected = self.server.auth
+        expected = getattr(self.server, "auth", None)
         if expected is None:
             return True
         header = self.headers.get("Authorization", "")

@@ -1,49 +1,116 @@
-"""The fleet and its queues as Redis shows them, for `qdeploy status/queues/dead-letter/purge` and
-the dashboard: who is online (heartbeats), queue depths, dead letters, recent results.
+"""The fleet and its queues as Redis shows them, for `qdeploy status/queues/dead-letter/purge`,
+`inspect` and the dashboard: who is online (heartbeats), queue depths, what is in flight, dead
+letters, recent results.
 
-Reads go through `Broker`'s read-only helpers; the few writes an operator asks for (requeue or
-purge dead letters, purge queues) are one Lua script each, so a message is never half-moved.
+Everything here reads, except the few writes an operator asks for (requeue or purge dead
+letters, purge queues, store a raw message), which are one Lua script each
+(`qdeploy/core/lua/`), so a message is never half-moved. Every key comes from `broker.keys`.
 """
 
 from __future__ import annotations
 
 import json
 import time
-
-# KEYS: dead, msgs, dlv. ARGV: ns, raw record, id, queue, body. 1 if requeued, 0 if already gone.
-REQUEUE_DEAD = """
-if redis.call('LREM', KEYS[1], 1, ARGV[2]) == 0 then return 0 end
-redis.call('HSET', KEYS[2], ARGV[3], ARGV[5])
-redis.call('HDEL', KEYS[3], ARGV[3])
-redis.call('DEL', ARGV[1] .. ':r:' .. ARGV[3])
-redis.call('LPUSH', ARGV[1] .. ':q:' .. ARGV[4], ARGV[3])
-return 1
-"""
-
-# KEYS: msgs, dlv, queue lists..., eta zsets... ARGV: n. Returns messages removed per queue.
-PURGE = """
-local n = tonumber(ARGV[1])
-local out = {}
-for i = 1, n do
-  local ids = redis.call('LRANGE', KEYS[2 + i], 0, -1)
-  for _, id in ipairs(redis.call('ZRANGE', KEYS[2 + n + i], 0, -1)) do table.insert(ids, id) end
-  for s = 1, #ids, 1000 do
-    local chunk = {unpack(ids, s, math.min(s + 999, #ids))}
-    redis.call('HDEL', KEYS[1], unpack(chunk))
-    redis.call('HDEL', KEYS[2], unpack(chunk))
-  end
-  redis.call('DEL', KEYS[2 + i], KEYS[2 + n + i])
-  out[i] = #ids
-end
-return out
-"""
+from typing import Any
 
 
+# -- reads ------------------------------------------------------------------------------------
+def heartbeats(broker) -> dict[str, dict]:
+    """Live heartbeats: owner -> the info its node last wrote (node, pid, pool, ...)."""
+    prefix = broker.keys.prefix("heartbeat")
+    keys = list(broker.client.scan_iter(match=f"{prefix}*", count=1000))
+    out = {}
+    for key, value in zip(keys, broker.client.mget(keys) if keys else [], strict=True):
+        if value is not None:
+            try:
+                info = json.loads(value)
+            except ValueError:
+                info = {}
+            out[key.decode()[len(prefix):]] = info if isinstance(info, dict) else {}
+    return out
+
+
+def queue_names(broker) -> list[str]:
+    """Every queue with ready or scheduled messages."""
+    names: set[str] = set()
+    for kind in ("queue", "eta"):
+        prefix = broker.keys.prefix(kind)
+        names.update(k.decode()[len(prefix):] for k in broker.client.scan_iter(match=f"{prefix}*", count=1000))
+    return sorted(names)
+
+
+def queue_length(broker, queue: str) -> int:
+    return broker.client.llen(broker.keys.queue(queue))
+
+
+def scheduled(broker, queue: str) -> int:
+    return broker.client.zcard(broker.keys.eta(queue))
+
+
+def inflight(broker, cid: str) -> list[str]:
+    return [x.decode() for x in broker.client.lrange(broker.keys.inflight(cid), 0, -1)]
+
+
+def inflight_all(broker) -> dict[str, list[str]]:
+    """consumer id -> ids it holds, for every consumer holding something."""
+    prefix = broker.keys.prefix("inflight")
+    keys = list(broker.client.scan_iter(match=f"{prefix}*", count=1000))
+    pipe = broker.client.pipeline(transaction=False)
+    for key in keys:
+        pipe.lrange(key, 0, -1)
+    replies = pipe.execute() if keys else []
+    return {k.decode()[len(prefix):]: [i.decode() for i in ids] for k, ids in zip(keys, replies, strict=True)}
+
+
+def bodies(broker, ids: list[str]) -> dict[str, bytes | None]:
+    return dict(zip(ids, broker.client.hmget(broker.keys.msg, ids), strict=True)) if ids else {}
+
+
+def eta_entries(broker, queue: str, count: int = 100) -> list[tuple[str, float]]:
+    return [(i.decode(), s) for i, s in broker.client.zrange(broker.keys.eta(queue), 0, count - 1, withscores=True)]
+
+
+def dead_letters(broker, count: int = 100) -> list[dict]:
+    """The newest dead-letter records. A record that is not JSON (or not UTF-8: an id pushed by
+    hand) is shown with what can be read of it, never skipped and never fatal."""
+    out = []
+    for raw in broker.client.lrange(broker.keys.dead, 0, count - 1):
+        try:
+            record = json.loads(raw.decode("utf-8", "backslashreplace"))
+        except ValueError:
+            record = None
+        out.append(record if isinstance(record, dict) else
+                   {"id": None, "reason": f"unreadable dead-letter record {raw[:80]!r}"})
+    return out
+
+
+def dead_letter_count(broker) -> int:
+    return broker.client.llen(broker.keys.dead)
+
+
+def result_records(broker, scan_limit: int = 2000) -> dict[str, dict]:
+    """Up to `scan_limit` stored results (id -> record), for dashboards: a sample, not all."""
+    prefix = broker.keys.prefix("result")
+    keys = []
+    for key in broker.client.scan_iter(match=f"{prefix}*", count=1000):
+        keys.append(key)
+        if len(keys) >= scan_limit:
+            break
+    out = {}
+    for key, value in zip(keys, broker.client.mget(keys) if keys else [], strict=True):
+        try:
+            out[key.decode()[len(prefix):]] = json.loads(value) if value else None
+        except ValueError:
+            continue
+    return {k: v for k, v in out.items() if isinstance(v, dict)}
+
+
+# -- the views ----------------------------------------------------------------------------------
 def status(broker, now: float | None = None) -> list[dict]:
     """One row per online node (heartbeat not expired), masters and solo workers alike."""
     now = now or time.time()
     rows = []
-    for owner, info in sorted(broker.heartbeats().items()):
+    for owner, info in sorted(heartbeats(broker).items()):
         started = info.get("started")
         rows.append({
             "node": info.get("node") or owner.partition("@")[0], "owner": owner,
@@ -59,24 +126,24 @@ def status(broker, now: float | None = None) -> list[dict]:
 def queue_stats(broker, dead_scan: int = 10000) -> list[dict]:
     """Per queue: ready, in-flight (reserved by a consumer, not acked), scheduled (ETA/retry
     countdown) and dead-lettered counts. Queues named by heartbeats appear even when empty."""
-    names = set(broker.queue_names())
-    for info in broker.heartbeats().values():
+    names = set(queue_names(broker))
+    for info in heartbeats(broker).values():
         names.update(q for q in info.get("queues") or [] if isinstance(q, str))
     inflight: dict[str, int] = {}
-    held = [i for ids in broker.inflight_all().values() for i in ids]
-    for body in broker.bodies(held).values():
+    held = [i for ids in inflight_all(broker).values() for i in ids]
+    for body in bodies(broker, held).values():
         queue = _field(body, "queue") or "?"
         inflight[queue] = inflight.get(queue, 0) + 1
     dead: dict[str, int] = {}
-    for record in broker.dead_letters(dead_scan):
+    for record in dead_letters(broker, dead_scan):
         queue = record.get("queue") or "?"
         dead[queue] = dead.get(queue, 0) + 1
     names.update(inflight, dead)
     pipe = broker.client.pipeline(transaction=False)
     ordered = sorted(names)
     for name in ordered:
-        pipe.llen(broker.queue_key(name))
-        pipe.zcard(broker.eta_key(name))
+        pipe.llen(broker.keys.queue(name))
+        pipe.zcard(broker.keys.eta(name))
     counts = pipe.execute() if ordered else []
     return [{"queue": q, "ready": counts[2 * i], "in_flight": inflight.get(q, 0), "scheduled": counts[2 * i + 1],
              "dead": dead.get(q, 0)} for i, q in enumerate(ordered)]
@@ -84,7 +151,7 @@ def queue_stats(broker, dead_scan: int = 10000) -> list[dict]:
 
 def dead_letter_list(broker, limit: int = 100) -> list[dict]:
     out = []
-    for record in broker.dead_letters(limit):
+    for record in dead_letters(broker, limit):
         out.append({"id": record.get("id"), "queue": record.get("queue"), "task": _field(record.get("body"), "task"),
                     "reason": record.get("reason"), "consumer": record.get("consumer"), "time": record.get("time")})
     return out
@@ -93,10 +160,10 @@ def dead_letter_list(broker, limit: int = 100) -> list[dict]:
 def requeue_dead(broker, ids: list[str] | None) -> tuple[list[str], list[str]]:
     """Put dead letters back on their queue (all of them when `ids` is None). Returns (requeued,
     skipped): a record without a queue or body (malformed beyond repair) is skipped."""
-    script = broker.client.register_script(REQUEUE_DEAD)
+    script = broker.script("requeue_dead")
     wanted = None if ids is None else set(ids)
     done, skipped = [], []
-    for raw in broker.client.lrange(broker.k_dead, 0, -1):
+    for raw in broker.client.lrange(broker.keys.dead, 0, -1):
         try:
             record = json.loads(raw)
         except ValueError:
@@ -108,7 +175,7 @@ def requeue_dead(broker, ids: list[str] | None) -> tuple[list[str], list[str]]:
         if not isinstance(queue, str) or not isinstance(body, str) or not isinstance(task_id, str):
             skipped.append(str(task_id))
             continue
-        if script(keys=[broker.k_dead, broker.k_msg, broker.k_dlv], args=[broker.ns, raw, task_id, queue, body]):
+        if script(keys=[broker.keys.dead, broker.keys.msg, broker.keys.dlv], args=[broker.ns, raw, task_id, queue, body]):
             done.append(task_id)
     if wanted is not None:
         skipped += sorted(wanted - set(done) - set(skipped))
@@ -117,8 +184,8 @@ def requeue_dead(broker, ids: list[str] | None) -> tuple[list[str], list[str]]:
 
 def purge_dead(broker) -> int:
     pipe = broker.client.pipeline(transaction=True)
-    pipe.llen(broker.k_dead)
-    pipe.delete(broker.k_dead)
+    pipe.llen(broker.keys.dead)
+    pipe.delete(broker.keys.dead)
     return int(pipe.execute()[0])
 
 
@@ -127,15 +194,16 @@ def purge(broker, queues: list[str]) -> dict[str, int]:
     are left to finish. Returns how many messages each queue lost."""
     if not queues:
         return {}
-    script = broker.client.register_script(PURGE)
-    keys = [broker.k_msg, broker.k_dlv] + [broker.queue_key(q) for q in queues] + [broker.eta_key(q) for q in queues]
-    return dict(zip(queues, (int(n) for n in script(keys=keys, args=[len(queues)]))))
+    script = broker.script("purge")
+    k = broker.keys
+    keys = [k.msg, k.dlv] + [k.queue(q) for q in queues] + [k.eta(q) for q in queues]
+    return dict(zip(queues, (int(n) for n in script(keys=keys, args=[len(queues)])), strict=True))
 
 
 def recent_tasks(broker, limit: int = 20, scan_limit: int = 2000) -> dict[str, list[dict]]:
     """The latest results (from a bounded sample of stored results) and the latest failures."""
-    rows = []
-    for task_id, rec in broker.result_records(scan_limit).items():
+    rows: list[dict[str, Any]] = []
+    for task_id, rec in result_records(broker, scan_limit).items():
         when = rec.get("date_done") or rec.get("received")
         rows.append({"id": task_id, "task": rec.get("task"), "state": rec.get("state"), "worker": rec.get("worker"),
                      "time": when if isinstance(when, (int, float)) else 0,
@@ -143,6 +211,14 @@ def recent_tasks(broker, limit: int = 20, scan_limit: int = 2000) -> dict[str, l
     rows.sort(key=lambda r: r["time"], reverse=True)
     failed = [r for r in rows if r["state"] in ("FAILURE", "REVOKED")]
     return {"recent": rows[:limit], "failed": failed[:limit]}
+
+
+def publish_raw(broker, queue: str, task_id: str, body: bytes | str) -> None:
+    """Store any bytes as a message (tests and repair tools; producers use `Broker.publish`)."""
+    pipe = broker.client.pipeline(transaction=True)
+    pipe.hset(broker.keys.msg, task_id, body)
+    pipe.lpush(broker.keys.queue(queue), task_id)
+    pipe.execute()
 
 
 def _field(body, name: str):

@@ -10,6 +10,7 @@ import os
 import sys
 import time
 
+from qdeploy.core.urls import redact_text
 from qdeploy.generator.nodes import expand
 
 _state: dict = {}
@@ -24,15 +25,34 @@ class JsonFormatter(logging.Formatter):
             "pid": record.process,
             "message": record.getMessage(),
         }
-        if record.exc_info:
-            line["exc"] = self.formatException(record.exc_info)
+        if record.exc_info or record.exc_text:
+            line["exc"] = record.exc_text or self.formatException(record.exc_info)  # type: ignore[arg-type]
         return json.dumps(line)
+
+
+class Redact(logging.Filter):
+    """Every credential in a URL, in a message or a traceback, becomes *** before any handler
+    formats the record (installed on every handler of the master, its children and beat)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = redact_text(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact_text(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact_text(record.stack_info)
+        return True
 
 
 def _formatter(fmt: str) -> logging.Formatter:
     if fmt == "json":
         return JsonFormatter()
-    text = logging.Formatter("[%(asctime)s.%(msecs)03d %(levelname)s/%(processName)s %(process)d] %(message)s", "%Y-%m-%d %H:%M:%S")
+    text = logging.Formatter("[%(asctime)s.%(msecs)03d %(levelname)s/%(processName)s %(process)d] %(message)s",
+                             "%Y-%m-%d %H:%M:%S")
     text.converter = time.localtime
     return text
 
@@ -65,15 +85,17 @@ def reopen() -> None:
 
 def _install(path: str | None, opts) -> None:
     root = logging.getLogger()
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-        handler.close()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+        old.close()
+    handler: logging.Handler
     if path:
-        handler: logging.Handler = logging.FileHandler(path, mode="a", encoding="utf-8")
+        handler = logging.FileHandler(path, mode="a", encoding="utf-8")
         if _state.get("uid") is not None and os.geteuid() == 0:
             os.chown(path, _state["uid"], _state["gid"])
     else:
         handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_formatter(opts.log_format))
+    handler.addFilter(Redact())
     root.addHandler(handler)
     root.setLevel(opts.log_level.upper())

@@ -10,13 +10,13 @@ from __future__ import annotations
 import os
 import socket
 import time
-
+from collections.abc import MutableMapping
 
 SEND_TIMEOUT = 0.5  # seconds
 
 
 class Notifier:
-    def __init__(self, environ: dict[str, str] | None = None):
+    def __init__(self, environ: MutableMapping[str, str] | None = None):
         environ = os.environ if environ is None else environ
         address = environ.pop("NOTIFY_SOCKET", "")
         self.raw_address = address  # as given: a re-exec'ing master hands it on

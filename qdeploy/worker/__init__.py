@@ -1,5 +1,6 @@
-"""Workers: the consumer loop that runs in one process (`child`), its heartbeat, and (issue 4)
-the master that forks and supervises children."""
+"""A worker node: the master that forks and supervises children (`master`, `state`), what runs
+in a child (`process`), the consumer loop of one thread (`child`), the heartbeat of a consumer
+that supervises itself (`heartbeat`), the node's options (`options`) and its boot (`boot`)."""
 
 from qdeploy.worker.child import Consumer
 from qdeploy.worker.heartbeat import Heartbeat

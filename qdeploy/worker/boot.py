@@ -12,11 +12,14 @@ import json
 import logging
 import os
 
-from qdeploy.service import daemon, boot as service
+from qdeploy.service import boot as service
+from qdeploy.service import daemon
 from qdeploy.service.sdnotify import Notifier
 from qdeploy.worker import child  # noqa: F401 - loaded before privileges are dropped
+from qdeploy.worker.lease import NodeLease
 from qdeploy.worker.master import ADOPT_ENV, Master
 from qdeploy.worker.options import WorkerOptions
+from qdeploy.worker.process import restore_stdio, save_stdio
 
 log = logging.getLogger("qdeploy.worker")
 
@@ -30,10 +33,12 @@ def run(opts: WorkerOptions) -> int:
     target = None if reexec else service.identity(opts, "tasks")
     with service.daemonized(opts, target, "worker", adopted=_adopted_pidfile(reexec), fresh=not reexec) as (readiness, pidfile):
         broker = service.connect_broker(app)
+        lease = NodeLease(broker, opts.owner, app.visibility_timeout)
+        lease.take()  # before anything else: a second master of this node must not start
         service.become(target, opts.allow_root, "tasks")
         if opts.pool == "solo":
-            return _solo(app, opts, notifier, readiness)
-        return Master(app, opts, broker, notifier, readiness, pidfile).run()
+            return _solo(app, opts, broker, lease, notifier, readiness)
+        return Master(app, opts, broker, notifier, readiness, pidfile, lease).run()
 
 
 def _adopted_pidfile(reexec: dict | None) -> daemon.Pidfile | None:
@@ -44,7 +49,7 @@ def _adopted_pidfile(reexec: dict | None) -> daemon.Pidfile | None:
     return None
 
 
-def _solo(app, opts: WorkerOptions, notifier: Notifier, readiness) -> int:
+def _solo(app, opts: WorkerOptions, broker, lease: NodeLease, notifier: Notifier, readiness) -> int:
     """One process, no children: the consumer loop runs in the master itself."""
     import signal
 
@@ -54,12 +59,18 @@ def _solo(app, opts: WorkerOptions, notifier: Notifier, readiness) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: stop.append(signum))
     # The node name is the consumer identity: a restarted solo worker takes back what it held.
-    consumer = Consumer(app, opts.queues, opts.owner,
+    save_stdio()
+    consumer = Consumer(app, opts.queues, opts.owner, broker=broker, on_task_done=lambda *_: restore_stdio(),
                         default_limits=(opts.soft_time_limit or None, opts.time_limit or None))
+    assert consumer.heartbeat is not None  # a solo consumer beats for itself
+    consumer.heartbeat.lease, consumer.heartbeat.on_lost = lease, lambda: stop.append(signal.SIGTERM)
     notifier.ready(f"solo consumer on {','.join(opts.queues)}")
     if readiness is not None:
         readiness.ok()
     log.info("worker %s (solo) consuming %s", opts.owner, ",".join(opts.queues))
-    consumer.run(max_tasks=opts.max_tasks_per_child or None, should_stop=lambda: bool(stop))
-    notifier.stopping()
+    try:
+        consumer.run(max_tasks=opts.max_tasks_per_child or None, should_stop=lambda: bool(stop))
+    finally:
+        notifier.stopping()
+        lease.release_quietly()
     return 0

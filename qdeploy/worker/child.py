@@ -1,6 +1,6 @@
 """The consumer loop that runs inside ONE process: reserve -> run -> ack (+ result).
 
-A supervisor (the future master) drives it like this, in a forked child:
+The master's children (qdeploy.worker.process) drive it like this:
 
     consumer = Consumer(app, ["high", "default"], "node1@host#3", owner="node1@host",
                         on_task_start=report_start, on_task_done=report_done)
@@ -19,18 +19,18 @@ import logging
 import signal
 import threading
 import time
-import traceback as tb_module
-from typing import Callable
+from collections.abc import Callable
 
-import redis
-
-from qdeploy.core import message, results
+from qdeploy.core import connection, message, results
 from qdeploy.core.app import App, Request, Retry, SoftTimeLimitExceeded, Task, TimeLimitExceeded
 from qdeploy.core.broker import Broker, Reserved
+from qdeploy.core.connection import BROKER_DOWN, ResponseError, refused_for_now
 from qdeploy.worker.heartbeat import Heartbeat
 
 log = logging.getLogger("qdeploy.worker")
-_REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
+_REDIS_DOWN = BROKER_DOWN
+Outcome = tuple[str, "str | None"]  # (task id, result record to ack it with)
+MIN_BACKOFF, MAX_BACKOFF = 0.05, 5.0  # seconds between tries while Redis refuses a step
 _SIGNATURES: dict[Callable, inspect.Signature] = {}  # inspect.signature is slow: once per function
 
 
@@ -45,6 +45,52 @@ def prepare(app: App) -> None:
     """Do once, before forking, what every child would otherwise redo (and copy-on-write)."""
     for task in list(app.tasks.values()):
         signature_of(task.fn)
+
+
+def _short(value, limit: int = 200) -> str:
+    """A task's return value for its log line: repr, cut to `limit` characters."""
+    try:
+        text = repr(value)
+    except Exception:  # noqa: BLE001 - user code
+        text = f"<unrepresentable {type(value).__name__}>"
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+class QueueGuard:
+    """The consumer's queues, minus those whose keys hold the wrong type (a `SET ns:q:default x`
+    by hand): each is reported once and skipped, and looked at again every RECHECK seconds, so
+    a repaired queue is served again without a restart."""
+
+    RECHECK = 30.0
+
+    def __init__(self, queues: list[str]):
+        self.queues = list(queues)
+        self.broken: dict[str, float] = {}  # queue -> when to look at it again (monotonic)
+
+    def usable(self) -> list[str]:
+        if self.broken and min(self.broken.values()) <= time.monotonic():
+            for queue in [q for q, at in self.broken.items() if at <= time.monotonic()]:
+                del self.broken[queue]  # tried again; check() puts it back if still broken
+                log.info("trying queue %s again", queue)
+        return [q for q in self.queues if q not in self.broken]
+
+    def recheck_in(self) -> float:
+        return max(0.1, min(self.broken.values(), default=time.monotonic()) - time.monotonic())
+
+    def check(self, broker: Broker) -> bool:
+        """Look at every usable queue's keys; True if one was found broken (and is skipped now)."""
+        found = False
+        for queue in self.usable():
+            wrong = [(key, kind) for key, expected in ((broker.keys.queue(queue), "list"), (broker.keys.eta(queue), "zset"))
+                     if (kind := connection.text(broker.client.type(key))) not in (expected, "none")]
+            if wrong:
+                found = True
+                self.broken[queue] = time.monotonic() + self.RECHECK
+                key, kind = wrong[0]
+                log.error("queue %s is broken: %s holds a %s, not a %s; skipping it (the other queues "
+                          "keep running) until the key is repaired", queue, key, kind,
+                          "list" if key == broker.keys.queue(queue) else "sorted set")
+        return found
 
 
 class Consumer:
@@ -70,6 +116,9 @@ class Consumer:
         self._soft_fired = False
         self._pending: tuple[str, str | None] | None = None  # (id, result) to ack with next reserve
         self._dirty = False  # a call failed mid-flight: we may hold a reservation we never saw
+        self.guard = QueueGuard(self.queues)
+        self._refused_since = 0.0  # Redis has refused writes since (monotonic), or 0
+        self._refused_delay = MIN_BACKOFF
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self, max_tasks: int | None = None, should_stop: Callable[[], bool] = lambda: False) -> int:
@@ -89,53 +138,84 @@ class Consumer:
                         self._step([], leave=True)
                         left = True
                         break
-                    msg = self._step(self.queues)
+                    queues = self.guard.usable()
+                    if not queues:  # every queue is broken: wait for someone to repair one
+                        self._sleep(self.guard.recheck_in(), should_stop)
+                        continue
+                    msg = self._step(queues) or self._wait(queues[0])
+                    if msg is None:
+                        continue
+                    done += 1
+                    self._pending = self.handle(msg)
                 except _REDIS_DOWN as exc:
-                    self._dirty = True
+                    self._dirty = True  # a lost reply may have carried an id we now hold
                     if stopping:
                         log.warning("stopping while Redis is unreachable (%s): unacked work "
                                     "will be recovered after the visibility timeout", exc)
                         break
                     self._wait_for_redis(exc, should_stop)
-                    continue
-                if msg is None:
-                    try:  # idle: block on the first queue instead of polling (see _wait)
-                        msg = self._wait()
-                    except _REDIS_DOWN as exc:
-                        self._dirty = True  # the reply may have carried an id we now hold
-                        self._wait_for_redis(exc, should_stop)
-                        continue
-                    if msg is None:
-                        continue
-                done += 1
-                self._pending = self.handle(msg)
+                except ResponseError as exc:
+                    if stopping and refused_for_now(exc):
+                        log.warning("stopping while Redis refuses writes (%s): unacked work "
+                                    "will be recovered after the visibility timeout", exc)
+                        self._dirty = True
+                        break
+                    self._after_refusal(exc, should_stop)
         finally:
             if not self._dirty and not left:
                 try:
                     self.broker.unregister(self.id)
-                except _REDIS_DOWN:
+                except _REDIS_DOWN + (ResponseError,):
                     pass
             if self.heartbeat:
                 self.heartbeat.stop(forget=not self._dirty)
         return done
+
+    def _after_refusal(self, exc: ResponseError, should_stop: Callable[[], bool]) -> None:
+        """Redis answered with an error. A queue key of the wrong type is reported once and
+        skipped (the other queues keep running); a server that cannot write now (maxmemory,
+        a replica, a long script) is waited for with back-off. Anything else is a bug: raise."""
+        if "WRONGTYPE" in str(exc):
+            if not self.guard.check(self.broker):  # not a queue of ours: our own keys, or a race
+                log.error("Redis refused a step (%s); retrying in %.1fs", exc, self._refused_delay)
+                self._sleep(self._refused_delay, should_stop)
+                self._refused_delay = min(self._refused_delay * 2, MAX_BACKOFF)
+            return
+        if not refused_for_now(exc):
+            raise exc
+        self._dirty = True  # the step may have half-happened (a script stops at its first refused write)
+        if not self._refused_since:
+            self._refused_since = time.monotonic()
+            log.error("Redis refuses writes (%s: %s): tasks wait in Redis; retrying with back-off",
+                      type(exc).__name__, exc)
+        self._sleep(self._refused_delay, should_stop)
+        self._refused_delay = min(self._refused_delay * 2, MAX_BACKOFF)
+
+    def _sleep(self, seconds: float, should_stop: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + seconds
+        while not should_stop() and (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(left, 0.1))
 
     def _step(self, queues: list[str], leave: bool = False) -> Reserved | None:
         ack_id, ack_result = self._pending or (None, None)
         msg = self.broker.reserve(self.id, self.owner, queues, ack_id=ack_id,
                                   ack_result=ack_result, track=self.results.colocated, leave=leave)
         self._pending = None
+        if self._refused_since:
+            log.info("Redis accepts writes again (after %.1fs)", time.monotonic() - self._refused_since)
+            self._refused_since, self._refused_delay = 0.0, MIN_BACKOFF
         return msg
 
-    def _wait(self) -> Reserved | None:
+    def _wait(self, queue: str) -> Reserved | None:
         """Nothing was ready: wait up to `poll_interval` for a message on the first (highest
         priority) queue with BLMOVE, which moves its id into our in-flight list atomically, then
         reserve that id (delivery count, revoked mark, RECEIVED). A new message thus starts
         within a round trip or two; the timeout keeps lower-priority queues and due ETA
         messages served at most `poll_interval` late, as polling did."""
-        claimed = self.broker.wait(self.id, self.queues[0], self.poll_interval)
+        claimed = self.broker.wait(self.id, queue, self.poll_interval)
         if claimed is None:
             return None
-        return self.broker.reserve(self.id, self.owner, self.queues[:1], claimed=claimed,
+        return self.broker.reserve(self.id, self.owner, [queue], claimed=claimed,
                                    track=self.results.colocated)
 
     def _leftovers(self) -> None:
@@ -170,9 +250,11 @@ class Consumer:
                 delay = min(delay * 2, 2.0)
 
     # -- one message -------------------------------------------------------------------------
-    def handle(self, msg: Reserved) -> tuple[str, str | None] | None:
+    def handle(self, msg: Reserved) -> Outcome | None:
         """Decide what to do with one reservation. Returns (id, result) to ack with the next
         reserve, or None when the message was already settled (retried, dead-lettered...)."""
+        if not (msg.raw_id.isascii() and message.TASK_ID.fullmatch(msg.id)):  # pushed by hand: binary, spaces...
+            return self._dead(msg, None, f"invalid task id {msg.id[:80]!r} in queue {msg.queue}")
         if msg.body is None:
             if (self.results.get(msg.id) or {}).get("state") in results.READY_STATES:
                 # A copy requeued by a recovery while a slow (stopped) node still ran it; that
@@ -185,6 +267,8 @@ class Consumer:
             env = message.decode(msg.body)
         except message.MalformedMessage as exc:
             return self._dead(msg, None, f"malformed message: {exc.reason}")
+        if env.id != msg.id:  # acking env.id would leave msg.id in flight forever
+            return self._dead(msg, None, f"envelope id {env.id[:80]!r} differs from the queued id")
         if msg.deliveries > self.app.max_deliveries:
             return self._dead(msg, env, f"delivered {msg.deliveries} times without an ack "
                               f"(max_deliveries={self.app.max_deliveries}); poison message?")
@@ -234,39 +318,56 @@ class Consumer:
             rec = results.record(results.SUCCESS, result=value, task=env.task, worker=self.id,
                                  retries=env.retries) if track else None
             outcome = (env.id, rec)
+            self._log_outcome(env, "succeeded", started, f": {_short(value)}")
         except Retry as exc:
             state, outcome = results.RETRY, self._retry(task, env, exc.countdown, exc.exc)
-        except (Exception, TimeLimitExceeded) as exc:
+            self._log_outcome(env, "retry", started, f": {exc}")
+        except BaseException as exc:  # noqa: BLE001 - SystemExit too: a task never ends its process
             state = results.FAILURE
+            exc_type, text, trace = results.describe(exc)
             if isinstance(exc, task.autoretry_for) and self._may_retry(task, env):
                 state = results.RETRY
                 outcome = self._retry(task, env, task.retry_countdown(env.retries), exc)
+                self._log_outcome(env, "retry", started, f": {exc_type}: {text}")
             else:
-                log.error("task %s[%s] failed: %r", env.task, env.id, exc)
                 outcome = (env.id, self._failure(env, exc) if track else None)
+                self._log_outcome(env, "failed", started, f": {exc_type}: {text}\n{trace.rstrip()}",
+                                  level=logging.ERROR)
         finally:
             task.request = None
             if self.on_task_done:
                 self.on_task_done(env.id, env.task, state, time.time() - started)
         return self._result_arg(outcome)
 
+    def _log_outcome(self, env: message.Envelope, outcome: str, started: float, detail: str,
+                     level: int = logging.INFO) -> None:
+        """One line per task, as Celery writes it (`Task proj.add[<id>] succeeded in 0.0021s: 4`);
+        the JSON log format gets the fields too."""
+        if not log.isEnabledFor(level):
+            return
+        runtime = time.time() - started
+        words = {"succeeded": "succeeded in", "failed": "raised unexpected in", "retry": "retry after"}
+        log.log(level, "Task %s[%s] %s %.4fs%s", env.task, env.id, words[outcome], runtime, detail,
+                extra={"task_id": env.id, "task_name": env.task, "queue": env.queue, "outcome": outcome,
+                       "duration_s": round(runtime, 6), "node": self.owner.partition("@")[0],
+                       "consumer": self.id})
+
     def _failure(self, env: message.Envelope, exc: BaseException, reason: str | None = None) -> str:
-        return results.record(results.FAILURE, exc_type=type(exc).__name__, exc=str(exc),
-                              traceback="".join(tb_module.format_exception(exc)), reason=reason,
-                              task=env.task, worker=self.id, retries=env.retries)
+        exc_type, text, traceback = results.describe(exc)
+        return results.record(results.FAILURE, exc_type=exc_type, exc=text, traceback=traceback,
+                              reason=reason, task=env.task, worker=self.id, retries=env.retries)
 
     @staticmethod
     def _may_retry(task: Task, env: message.Envelope) -> bool:
         limit = env.max_retries if env.max_retries is not None else task.max_retries
         return limit is None or env.retries < limit
 
-    def _retry(self, task: Task, env: message.Envelope, countdown: float, exc) -> None:
+    def _retry(self, task: Task, env: message.Envelope, countdown: float, exc) -> Outcome | None:
         eta = time.time() + countdown if countdown > 0 else None
         nxt = env.next_retry(eta)
         rec = None if env.ignore_result else results.record(
             results.RETRY, task=env.task, worker=self.id, retries=nxt.retries,
-            reason=f"retry in {countdown:.3f}s" + (f": {exc!r}" if exc else ""))
-        log.info("task %s[%s] retry %d in %.3fs", env.task, env.id, nxt.retries, countdown)
+            reason=f"retry in {countdown:.3f}s" + (f": {results.describe(exc)[1]}" if exc else ""))
         stored = self._result_arg((env.id, rec))  # written elsewhere first if not colocated
         self.broker.retry(self.id, env.id, env.queue, message.encode(nxt), eta, stored[1])
         return None
@@ -276,12 +377,14 @@ class Consumer:
                                                              worker=self.id, retries=env.retries)
         return self._result_arg((env.id, rec))
 
-    def _dead(self, msg: Reserved, env: message.Envelope | None, reason: str) -> None:
-        log.error("dead-lettering message %s: %s", msg.id, reason)
-        rec = results.record(results.FAILURE, exc_type="DeadLettered", exc=reason, reason=reason,
-                             task=env.task if env else None, worker=self.id)
-        stored = self._result_arg((msg.id, rec))
-        self.broker.dead_letter(self.id, msg.id, msg.body, reason, msg.queue, stored[1])
+    def _dead(self, msg: Reserved, env: message.Envelope | None, reason: str) -> Outcome | None:
+        log.error("dead-lettering message %s: %s", msg.id[:80], reason)
+        stored = None
+        if msg.raw_id.isascii() and message.TASK_ID.fullmatch(msg.id):  # a junk id gets no result record
+            rec = results.record(results.FAILURE, exc_type="DeadLettered", exc=reason, reason=reason,
+                                 task=env.task if env else None, worker=self.id)
+            stored = self._result_arg((msg.id, rec))[1]
+        self.broker.dead_letter(self.id, msg.raw_id, msg.body, reason, msg.queue, stored)
         return None
 
     def _result_arg(self, outcome):
@@ -295,7 +398,7 @@ class Consumer:
         allowed = self._next_allowed.get(task.name, now)
         if allowed > now:
             time.sleep(allowed - now)
-        self._next_allowed[task.name] = max(allowed, now) + 1.0 / task.rate
+        self._next_allowed[task.name] = max(allowed, now) + 1.0 / (task.rate or 1.0)
 
     # -- time limits (SIGALRM; main thread only) ----------------------------------------------
     def _arm(self, soft: float | None, hard: float | None) -> None:
@@ -303,7 +406,7 @@ class Consumer:
             return
         self._limits, self._soft_fired = (soft, hard), False
         signal.signal(signal.SIGALRM, self._on_alarm)
-        signal.setitimer(signal.ITIMER_REAL, soft or hard)
+        signal.setitimer(signal.ITIMER_REAL, soft or hard or 0.0)
 
     def _disarm(self) -> None:
         if self._limits != (None, None):

@@ -14,23 +14,28 @@ import random
 import socket
 import threading
 import time
-
-import redis
+from collections.abc import Callable
+from typing import Any
 
 from qdeploy.core.broker import Broker
+from qdeploy.core.connection import BROKER_DOWN, RedisError
 
 log = logging.getLogger("qdeploy.worker")
 
 
 class Heartbeat:
-    def __init__(self, broker: Broker, owner: str, ttl: float, *, sweep: bool = True):
-        self.broker, self.owner, self.ttl, self.sweep = broker, owner, float(ttl), sweep
+    def __init__(self, broker: Broker, owner: str, ttl: float):
+        self.broker, self.owner, self.ttl = broker, owner, float(ttl)
+        self.lease: Any = None  # a NodeLease renewed with each beat (a solo worker's)...
+        self.on_lost: Callable[[], object] | None = None  # ...and what to do when another process took the name
         self.info = {"host": socket.gethostname(), "pid": os.getpid()}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def beat(self) -> None:
         self.broker.heartbeat(self.owner, self.ttl, self.info)
+        if self.lease is not None and not self.lease.renew() and self.on_lost is not None:
+            self.on_lost()
 
     def start(self) -> None:
         """Beat once now (raising if Redis is down), then keep beating in a daemon thread."""
@@ -42,8 +47,6 @@ class Heartbeat:
         self._thread.start()
 
     def recover(self) -> dict[str, int]:
-        if not self.sweep:
-            return {}
         recovered = self.broker.recover_dead()
         for cid, moved in recovered.items():
             log.warning("consumer %s is dead (no heartbeat for %.1fs): requeued %d message(s)",
@@ -58,8 +61,8 @@ class Heartbeat:
                 if time.monotonic() >= next_sweep:
                     self.recover()
                     next_sweep = time.monotonic() + self.ttl / 2 * random.uniform(0.8, 1.2)
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                log.debug("heartbeat failed: %s", exc)
+            except RedisError as exc:  # unreachable, or refusing writes: the next beat retries
+                log.warning("heartbeat failed (%s: %s)", type(exc).__name__, exc)
             except Exception:  # never let the thread die silently
                 log.exception("heartbeat error")
 
@@ -71,5 +74,5 @@ class Heartbeat:
         if forget:
             try:
                 self.broker.stop_heartbeat(self.owner)
-            except (redis.ConnectionError, redis.TimeoutError):
+            except BROKER_DOWN:
                 pass

@@ -23,31 +23,36 @@ import sys
 import time
 from collections import deque
 
-import redis
-
 from qdeploy.core import results
+from qdeploy.core.connection import RedisError
+from qdeploy.defaults import EX_UNAVAILABLE
 from qdeploy.ops.control import ControlServer
 from qdeploy.service.daemon import signal_pid
 from qdeploy.service.sdnotify import Notifier
 from qdeploy.worker.child import prepare
 from qdeploy.worker.options import WorkerOptions
-from qdeploy.worker.process import CHILD_BOOT_ERROR, child_main, set_title
+from qdeploy.worker.process import CHILD_BOOT_ERROR, child_main, save_stdio, set_title
 from qdeploy.worker.state import Child, State
 
 log = logging.getLogger("qdeploy.worker")
 
-WORKER_BOOT_ERROR = 3  # children keep failing to start: let systemd's restart limits take over
+WORKER_BOOT_ERROR = EX_UNAVAILABLE  # children keep failing to start: let systemd's restart limits take over
 MAX_BOOT_FAILURES = 5
+MAX_RESPAWN_DELAY = 30.0  # seconds: the longest back-off between children that keep failing
+MAX_IGNORED_EVENTS = 5  # malformed event lines logged per child (the rest only counted)
 HEARTBEAT_EVERY = 2.0
 MEMORY_CHECK_EVERY = 1.0
 ADOPT_ENV = "QDEPLOY_REEXEC_STATE"  # what a re-exec'd master inherits (children, pid file fd)
 SIGNALS = ("TERM", "INT", "QUIT", "HUP", "TTIN", "TTOU", "USR1", "USR2", "CHLD")
-_REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
+# Any error Redis gives the master (unreachable, or refusing writes at maxmemory) is logged and
+# retried on the next turn: a supervisor never dies of its broker.
+_REDIS_DOWN = RedisError
 
 
 class Master:
-    def __init__(self, app, opts: WorkerOptions, broker, notifier: Notifier, readiness=None, pidfile=None):
-        self.app, self.opts, self.broker = app, opts, broker
+    def __init__(self, app, opts: WorkerOptions, broker, notifier: Notifier, readiness=None, pidfile=None,
+                 lease=None):
+        self.app, self.opts, self.broker, self.lease = app, opts, broker, lease
         self.results = app.results_for(broker)
         self.notifier, self.readiness, self.pidfile = notifier, readiness, pidfile
         self.children: dict[int, Child] = {}
@@ -56,7 +61,8 @@ class Master:
         self.stopping: str | None = None  # None, "warm" or "cold"
         self.reload_requested = False
         self.ready = False
-        self.boot_failures = 0
+        self.boot_failures = 0  # children in a row that never came up
+        self.failures = 0  # children in a row that exited before finishing a task
         self.respawn_at = 0.0
         self.spawned = 0
         self.tasks_done = 0
@@ -64,14 +70,13 @@ class Master:
         self.exit_code = 0
         self.selector = selectors.DefaultSelector()
         self.unrequeued: set[str] = set()  # dead children's consumers whose requeue failed (Redis down)
-        self._next_beat = self._next_memory_check = 0.0
-        # Built once, used by every child (each opens its own connection); retries=0: consumers
-        # handle reconnects themselves. Nothing is sent from the master on it.
-        self.consumer_broker = app.connect_broker(retries=0)
+        self._next_beat = self._next_memory_check = self._next_beat_complaint = 0.0
+        self.beat_failing_since = 0.0  # monotonic time the heartbeat started failing, or 0
         prepare(app)
 
     # -- start and the loop ------------------------------------------------------------------
     def run(self) -> int:
+        save_stdio()  # what each child gives back to a task that closed its stdio
         self.init_signals()
         self.control = ControlServer(self)  # its pub/sub socket joins the selector
         set_title(f"{self.opts.title()}: {shlex.join(sys.argv)}")  # like Celery: the options stay visible
@@ -186,14 +191,14 @@ class Master:
         self.spawned += 1
         base = f"{self.opts.owner}/{os.getpid()}.{self.spawned}"
         cids = [base] if self.opts.threads == 1 else [f"{base}-t{k}" for k in range(1, self.opts.threads + 1)]
-        self.consumer_broker.prepare_fork(len(cids))
+        self.broker.prepare_fork(len(cids))  # each child consumes on its own connections
         gc.freeze()  # the master's objects go to a permanent generation: a child's GC leaves them be
         pid = os.fork()
         if pid == 0:
             os.close(events_r)
             os.close(control_w)
             self._close_master_fds()
-            child_main(self.app, self.opts, slot, cids, events_w, control_r, self.consumer_broker, spare)
+            child_main(self.app, self.opts, slot, cids, events_w, control_r, self.broker, spare)
         gc.unfreeze()  # in the master: its own garbage stays collectable
         os.close(events_w)
         os.close(control_r)
@@ -217,6 +222,8 @@ class Master:
             self.readiness.fd = None
 
     def read_events(self, child: Child) -> None:
+        if child.events is None:
+            return
         try:
             data = os.read(child.events, 65536)
         except BlockingIOError:
@@ -224,15 +231,21 @@ class Master:
         if not data:  # the child closed its end: it is exiting
             self._close_events(child)
             return
-        child.buffer += data
-        *lines, child.buffer = child.buffer.split(b"\n")
-        for line in lines:
+        for line in child.lines(data):
             before = child.tasks_done
-            child.on_event(line.decode(errors="replace"))
-            self.tasks_done += child.tasks_done - before
-            if line[:1] == b"U":
+            why = child.on_event(line)
+            if why:
+                child.ignored += 1
+                if child.ignored <= MAX_IGNORED_EVENTS:
+                    log.warning("child %d: ignoring %s%s", child.pid, why, "; more from this child "
+                                "are only counted" if child.ignored == MAX_IGNORED_EVENTS else "")
+                continue
+            if child.tasks_done != before:
+                self.tasks_done += child.tasks_done - before
+                self.failures = 0  # a child that runs tasks: whatever failed before works now
+            if line[:1] == "U":
                 self.boot_failures = 0
-            elif line[:1] == b"R":
+            elif line[:1] == "R":
                 log.info("child %d retiring: %s", child.pid, child.retiring_reason)
 
     def _close_events(self, child: Child) -> None:
@@ -256,8 +269,8 @@ class Master:
         """Tell a spare to start taking tasks."""
         child.promote()
         try:
-            os.write(child.control, b"g")
-        except OSError:
+            os.write(child.control, b"g")  # type: ignore[arg-type]  # None: gone, as below
+        except (OSError, TypeError):
             pass  # it is gone: reaped, and its slot refilled, on the next turn
 
     def kill_child(self, child: Child, why: str) -> None:
@@ -293,14 +306,22 @@ class Master:
             how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
             log.warning("child %d %s%s: requeued %d task(s)", child.pid, how,
                         f" ({child.killed_for})" if child.killed_for else "", moved)
-        if code == CHILD_BOOT_ERROR or (code != 0 and not child.killed_for and not child.up):
-            self.boot_failures += 1
-            delay = min(0.05 * 2 ** self.boot_failures, 10.0)
-            self.respawn_at = time.monotonic() + delay
-            log.error("child failed to start (%s); %d in a row, next try in %.1fs",
-                      child.boot_error or f"exit code {code}", self.boot_failures, delay)
-            if self.boot_failures >= MAX_BOOT_FAILURES and not self.stopping:
-                self.give_up(f"children keep failing to start: {child.boot_error or f'exit code {code}'}")
+        if clean or child.killed_for or child.tasks_done:
+            return  # stopped, killed by us, or it worked for a while: replaced at once
+        # It failed before finishing a single task: at boot, or in its consume loop (a broken
+        # queue, a Redis refusing writes...). Back off, so a node never crash-loops.
+        why = child.boot_error or (f"killed by signal {-code}" if code < 0 else f"exit code {code}")
+        self.failures += 1
+        delay = min(0.05 * 2 ** self.failures, MAX_RESPAWN_DELAY)
+        self.respawn_at = time.monotonic() + delay
+        if child.up and code != CHILD_BOOT_ERROR:
+            log.error("child %d failed before finishing a task (%s); %d in a row, next in %.1fs",
+                      child.pid, why, self.failures, delay)
+            return
+        self.boot_failures += 1
+        log.error("child failed to start (%s); %d in a row, next try in %.1fs", why, self.boot_failures, delay)
+        if self.boot_failures >= MAX_BOOT_FAILURES and not self.stopping:
+            self.give_up(f"children keep failing to start: {why}")
 
     def give_up(self, reason: str) -> None:
         log.critical("%s", reason)
@@ -377,9 +398,9 @@ class Master:
                     self.promote(spares.pop(slot))
                 continue
             self.spawn_child(slot, spare=slot in finishing)
-            if self.boot_failures:  # one at a time while children fail to start
+            if self.failures:  # one at a time while children fail
                 break
-        if not self.boot_failures:
+        if not self.failures:
             for child in serving[: self.target]:
                 if child.wants_spare and child.slot not in spares:
                     self.spawn_child(child.slot, spare=True)
@@ -420,11 +441,22 @@ class Master:
                 log.warning("requeued %d task(s) of %s (after the broker came back)", moved, cid)
         try:
             self.broker.heartbeat(self.opts.owner, self.app.visibility_timeout, info)
+            if self.lease is not None and not self.lease.renew() and not self.stopping:
+                self.handle_term()  # another master has this node's name now: leave it to them
             if not self.stopping:
                 for cid, moved in self.broker.recover_dead().items():
                     log.warning("consumer %s is dead (no heartbeat): requeued %d task(s)", cid, moved)
         except _REDIS_DOWN as exc:
-            log.warning("heartbeat failed: %s", exc)
+            if not self.beat_failing_since or now >= self._next_beat_complaint:
+                log.error("heartbeat failed (%s: %s)%s; retrying every %gs", type(exc).__name__, exc,
+                          f" for {now - self.beat_failing_since:.0f}s" if self.beat_failing_since else "",
+                          HEARTBEAT_EVERY)
+                self._next_beat_complaint = now + 60.0
+            self.beat_failing_since = self.beat_failing_since or now
+        else:
+            if self.beat_failing_since:
+                log.info("heartbeat restored after %.0fs", now - self.beat_failing_since)
+                self.beat_failing_since = 0.0
         self.notifier.status(self.status_line())
         if self.notifier.watchdog_interval:
             self.notifier.watchdog()
@@ -434,8 +466,7 @@ class Master:
         this host: requeue their tasks now instead of after the visibility timeout."""
         mine = {cid for c in self.children.values() for cid in c.cids}
         try:
-            for cid, owner in self.broker.client.hgetall(self.broker.k_consumers).items():
-                cid, owner = cid.decode(), owner.decode()
+            for cid, owner in self.broker.consumers().items():
                 if owner == self.opts.owner and cid not in mine:
                     moved = self.broker.requeue_consumer(cid)
                     if moved:
@@ -479,6 +510,8 @@ class Master:
             self.broker.stop_heartbeat(self.opts.owner)
         except _REDIS_DOWN:
             pass
+        if self.lease is not None:
+            self.lease.release_quietly()
         log.info("worker %s stopped (%s shutdown)", self.opts.owner, self.stopping)
 
 

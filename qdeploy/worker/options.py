@@ -7,8 +7,8 @@ import socket
 from dataclasses import dataclass
 
 from qdeploy.generator.config import Config
-from qdeploy.service import boot as service
 from qdeploy.generator.settings import NODE_SETTINGS
+from qdeploy.service import boot as service
 
 
 @dataclass(frozen=True, kw_only=True)

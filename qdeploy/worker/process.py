@@ -8,6 +8,7 @@ It dies with the master (PR_SET_PDEATHSIG), so there are never orphans.
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import logging
 import os
 import random
@@ -16,19 +17,23 @@ import signal
 import sys
 import threading
 import time
-from typing import NoReturn
+from collections.abc import Callable
+from typing import Any, NoReturn
 
+from qdeploy.core.connection import fill_stdio
+from qdeploy.defaults import EX_UNAVAILABLE
 from qdeploy.service import logs
 from qdeploy.worker.options import WorkerOptions
 
 log = logging.getLogger("qdeploy.worker")
 
-CHILD_BOOT_ERROR = 3  # the child could not even start consuming
+CHILD_BOOT_ERROR = EX_UNAVAILABLE  # the child could not even start consuming
 SPARE_LEAD = 10  # a recycling child asks for its spare successor when this many tasks are left
 PR_SET_PDEATHSIG = 1
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
+_prctl: Any
 try:
     _prctl = ctypes.CDLL(None, use_errno=True).prctl  # loaded once, in the master, before forking
 except (OSError, AttributeError):  # not Linux: the control pipe's EOF still stops a child
@@ -46,6 +51,7 @@ def rss_kib() -> int:
         return int(fh.read().split()[1]) * _PAGE // 1024
 
 
+_setproctitle: Callable[[str], None] | None
 try:  # optional (qdeploy[proctitle]). Looked up once, in the master: a failed import costs a
     from setproctitle import setproctitle as _setproctitle  # child ~75 page faults each time
 except ImportError:
@@ -55,6 +61,34 @@ except ImportError:
 def set_title(text: str) -> None:
     if _setproctitle is not None:
         _setproctitle(text)
+
+
+_stdio: list[tuple[int, int, int]] = []  # (fd, saved copy, (st_dev, st_ino) hash) of fds 0-2
+
+
+def save_stdio() -> None:
+    """In the master, before forking: keep a copy of fds 0-2 (high up, close-on-exec), so each
+    child can give a task that closed or replaced them the real ones back (`restore_stdio`)."""
+    if _stdio:
+        return
+    fill_stdio()
+    for fd in (0, 1, 2):
+        st = os.fstat(fd)
+        _stdio.append((fd, fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10), hash((st.st_dev, st.st_ino))))
+
+
+def restore_stdio() -> None:
+    """After each task: fds 0-2 are what the master had (the journal, the log, /dev/null), even
+    if the task closed them. A closed fd 1 would otherwise be taken by the next socket, and the
+    next task's print() would go to Redis."""
+    for fd, saved, identity in _stdio:
+        try:
+            st = os.fstat(fd)
+            if hash((st.st_dev, st.st_ino)) == identity:
+                continue
+        except OSError:
+            pass
+        os.dup2(saved, fd)
 
 
 class ChildLink:
@@ -113,6 +147,7 @@ class ChildLink:
 
         def on_task_done(task_id: str, name: str, state: str, runtime: float) -> None:
             self.running.pop(threading.get_ident(), None)
+            restore_stdio()
             self.send(f"D {task_id}")
             if self.opts.threads == 1:
                 set_title(f"qdeploy worker {self.opts.node} child {self.slot}: idle")
@@ -129,7 +164,7 @@ class ChildLink:
 
         now = time.monotonic()
         for ident, (deadline, task_id) in list(self.running.items()):
-            if now >= deadline and self.running.pop(ident, None):
+            if now >= deadline and self.running.pop(ident, None) is not None:
                 log.warning("task %s: soft time limit exceeded", task_id)
                 ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(SoftTimeLimitExceeded))
 
@@ -140,18 +175,23 @@ def child_main(app, opts: WorkerOptions, slot: int, cids: list[str], events: int
     consumer-side Broker, so a child only opens its own connection. A `spare` boots, connects,
     then waits for the master's go before it takes a task."""
     code = 0
+    link = ChildLink(events, control, opts, slot)
     try:
         set_pdeathsig()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1):
             signal.signal(sig, signal.SIG_IGN)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.set_wakeup_fd(-1)
-        link = ChildLink(events, control, opts, slot)
         signal.signal(signal.SIGUSR2, lambda *_: setattr(link, "reopen_logs", True))
-        logs.child_started(opts, slot)
+        try:
+            logs.child_started(opts, slot)
+        except OSError as exc:  # e.g. --logfile=/dir/%n%I.log in a directory it cannot write
+            link.send(f"E cannot open its log file {exc.filename or ''}: {exc.strerror or exc}")
+            os._exit(CHILD_BOOT_ERROR)
         set_title(f"qdeploy worker {opts.node} child {slot}: {'spare' if spare else 'idle'}")
         code = _consume(app, opts, cids, link, broker, spare)
-    except BaseException as exc:  # noqa: BLE001 - a child must report, never raise past here
+    except BaseException as exc:
+        link.send(f"E crashed: {type(exc).__name__}: {exc}")  # the master logs it: our log may be gone
         log.exception("child %s crashed: %s", cids[0], exc)
         code = 1
     finally:

@@ -25,6 +25,11 @@ import enum
 import time
 from dataclasses import dataclass, field
 
+from qdeploy.core.message import TASK_ID
+
+MAX_EVENT = 4096  # longer than any line a child sends (ids are at most 255 characters)
+MAX_LIMIT = 10 * 365 * 86400.0  # a hard time limit beyond ten years is not one
+
 
 class State(enum.Enum):
     STARTING = "starting"
@@ -67,7 +72,6 @@ class Child:
     events: int | None  # read end of the child's events pipe
     control: int | None  # write end of the control pipe; closing it asks the child to stop
     state: State = State.STARTING
-    born: float = field(default_factory=time.monotonic)
     tasks: dict[str, Task] = field(default_factory=dict)  # running, by id
     tasks_done: int = 0
     retiring_reason: str = ""
@@ -79,6 +83,7 @@ class Child:
     wants_spare: bool = False  # said `P`: it will retire soon, a spare should boot for its slot
     stop_by: float | None = None  # monotonic time after which a stopping child is killed
     buffer: bytes = b""  # a partial event line
+    ignored: int = 0  # malformed event lines it sent
 
     def transition(self, new: State) -> None:
         if new is self.state:
@@ -107,29 +112,62 @@ class Child:
         if self.state is State.SPARE:
             self.transition(State.IDLE)
 
-    def on_event(self, line: str) -> None:
+    def lines(self, data: bytes) -> list[str]:
+        """The complete event lines in `data` (bytes from the child's events pipe), the rest
+        kept for the next read. A run of bytes with no newline in sight is not one of our lines:
+        it is handed on as one line, for `on_event` to refuse."""
+        self.buffer += data
+        *lines, self.buffer = self.buffer.split(b"\n")
+        if len(self.buffer) > MAX_EVENT:
+            lines.append(self.buffer)
+            self.buffer = b""
+        return [line.decode("utf-8", "replace") for line in lines]
+
+    def on_event(self, line: str) -> str | None:
+        """Apply one event line; returns why it was ignored, else None. The pipe crossed a
+        process (a task can write to any fd it finds), so no line is trusted and none raises."""
         kind, _, rest = line.partition(" ")
-        if kind == "U":
+        if len(line) > MAX_EVENT:
+            return f"event of {len(line)} characters"
+        if kind == "U" and not rest:
             self.up = True
             if self.state is State.STARTING:
                 self.transition(State.SPARE if self.spare else State.IDLE)
-        elif kind == "P":
+        elif kind == "P" and not rest:
             self.wants_spare = True
         elif kind == "S":
-            task_id, hard, cid = (rest.split(" ") + ["0", self.cids[0]])[:3]
+            parts = rest.split(" ")
+            if len(parts) != 3 or not TASK_ID.fullmatch(parts[0]) or parts[2] not in self.cids:
+                return f"malformed task start {_shown(rest)}"
+            try:
+                limit = float(parts[1])
+            except ValueError:
+                return f"malformed time limit {_shown(parts[1])}"
+            if not 0 <= limit <= MAX_LIMIT:  # also NaN
+                return f"time limit out of range {_shown(parts[1])}"
             now = time.monotonic()
-            limit = float(hard or 0)
-            self.tasks[task_id] = Task(task_id, cid, now, now + limit if limit > 0 else None)
+            self.tasks[parts[0]] = Task(parts[0], parts[2], now, now + limit if limit > 0 else None)
             if self.state is State.IDLE:
                 self.transition(State.BUSY)
         elif kind == "D":
+            if not TASK_ID.fullmatch(rest):
+                return f"malformed task end {_shown(rest)}"
             self.tasks.pop(rest, None)
             self.tasks_done += 1
             if self.state is State.BUSY and not self.tasks:
                 self.transition(State.IDLE)
         elif kind == "R":
-            self.retiring_reason = rest
+            self.retiring_reason = _shown(rest)
             if self.state in (State.IDLE, State.BUSY):
                 self.transition(State.RETIRING)
         elif kind == "E":
-            self.boot_error = rest
+            self.boot_error = _shown(rest, 500)
+        else:
+            return f"unknown event {_shown(line)}"
+        return None
+
+
+def _shown(text: str, limit: int = 120) -> str:
+    """Text from a child, fit for one log line."""
+    text = "".join(c if c.isprintable() else "?" for c in text)
+    return text if len(text) <= limit else text[:limit] + "..."

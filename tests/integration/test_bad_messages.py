@@ -6,11 +6,13 @@ import pickle
 import pytest
 
 from qdeploy.core import message
+from qdeploy.ops import fleet
 from tests.integration.conftest import drain, ns_keys
 
 
 def envelope(**over) -> str:
-    data = json.loads(message.encode(message.build("good", [1], queue="default")))
+    """A valid envelope for id "bad-1" (the id these tests queue it under), then `over`."""
+    data = json.loads(message.encode(message.build("good", [1], queue="default", task_id="bad-1")))
     data.update(over)
     return json.dumps(data)
 
@@ -40,11 +42,11 @@ def test_bad_message_is_dead_lettered_and_loop_continues(app, rclient, namespace
         return x + 1
 
     body, reason = SHAPES[shape]
-    app.transport.publish_raw("default", "bad-1", body)
+    fleet.publish_raw(app.transport, "default", "bad-1", body)
     after = good.delay(41)
     drain(app, 2)
     assert after.get(timeout=1) == 42, "the consumer must survive and run the next message"
-    [dead] = app.transport.dead_letters()
+    [dead] = fleet.dead_letters(app.transport)
     assert dead["id"] == "bad-1" and reason in dead["reason"], dead["reason"]
     assert dead["queue"] == "default" and dead["consumer"] == "tc"
     raw = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
@@ -57,13 +59,13 @@ def test_bad_message_is_dead_lettered_and_loop_continues(app, rclient, namespace
 def test_id_without_a_stored_body(app, rclient, namespace):
     rclient.lpush(f"{namespace}:q:default", "ghost")
     drain(app, 1)
-    [dead] = app.transport.dead_letters()
+    [dead] = fleet.dead_letters(app.transport)
     assert dead["id"] == "ghost" and dead["reason"] == "no envelope stored for this id"
 
 
 def test_dead_letter_queue_is_capped(make_app):
     app = make_app(dead_letter_max=3)
     for i in range(5):
-        app.transport.publish_raw("default", f"junk{i}", b"junk")
+        fleet.publish_raw(app.transport, "default", f"junk{i}", b"junk")
     drain(app, 5)
-    assert [d["id"] for d in app.transport.dead_letters()] == ["junk4", "junk3", "junk2"]
+    assert [d["id"] for d in fleet.dead_letters(app.transport)] == ["junk4", "junk3", "junk2"]

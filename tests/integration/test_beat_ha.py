@@ -207,9 +207,9 @@ def test_garbage_in_redis_is_logged_once_and_does_not_stop_the_others(make_app, 
     app = make_app()
     start = datetime(2025, 6, 2, 9, 0, 0, tzinfo=UTC)
     c = Cluster(app, 1, {"ok": {"task": "t.ok", "schedule": "10s"}}, start)
-    c.store.client.hset(c.store.k_entries, "bad", "{not json")
-    c.store.client.hset(c.store.k_entries, "ok", dynamic_spec("ok", "t.other", {"every": "1s"}))
-    c.store.client.incr(c.store.k_rev)
+    c.store.client.hset(c.store.keys.beat_entries, "bad", "{not json")
+    c.store.client.hset(c.store.keys.beat_entries, "ok", dynamic_spec("ok", "t.other", {"every": "1s"}))
+    c.store.client.incr(c.store.keys.beat_rev)
     with caplog.at_level("ERROR", "qdeploy.beat"):
         c.run_until(start + timedelta(seconds=35))
     assert {e.task for e in c.sent()} == {"t.ok"}

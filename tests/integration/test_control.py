@@ -168,14 +168,14 @@ def test_a_redis_py_without_the_private_socket_disables_control_instead_of_crash
 
     import redis
 
+    from qdeploy.core.broker import Broker
     from qdeploy.ops import control
-    from qdeploy.core.connection import connect
 
-    def master():
-        return SimpleNamespace(broker=SimpleNamespace(ns=namespace, url=redis_server.url),
-                               selector=selectors.DefaultSelector())
+    def master(broker):
+        return SimpleNamespace(broker=broker, selector=selectors.DefaultSelector())
 
-    real = control.ControlServer(master())
+    broker = Broker(redis_server.url, namespace, retries=0)
+    real = control.ControlServer(master(broker))
     assert real.fd is not None and real.master.selector.get_key(real.fd).data is real
     real._drop()
 
@@ -191,14 +191,13 @@ def test_a_redis_py_without_the_private_socket_disables_control_instead_of_crash
 
     calls = []
 
-    def fake_connect(url, **kw):
-        calls.append(url)
-        client = connect(url, **kw)
-        return SimpleNamespace(pubsub=lambda **opts: WithoutSock(client.pubsub(**opts)))
+    def pubsub(**opts):
+        calls.append(opts)
+        return WithoutSock(broker.client.pubsub(**opts))
 
-    monkeypatch.setattr(control, "connect", fake_connect)
+    without = SimpleNamespace(keys=broker.keys, client=SimpleNamespace(pubsub=pubsub))
     caplog.set_level("ERROR", logger="qdeploy.worker")
-    server = control.ControlServer(master())
+    server = control.ControlServer(master(without))
     server.tick()
     server.tick()
     assert server.fd is None and server.pubsub is None and not server.master.selector.get_map()

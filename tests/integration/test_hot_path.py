@@ -5,6 +5,7 @@ import pytest
 import redis
 
 from qdeploy.worker import Consumer
+from qdeploy.ops import fleet
 from tests.integration.conftest import drain
 
 
@@ -88,10 +89,10 @@ def test_a_refused_batch_raises_and_the_connection_stays_usable(app, rclient, na
         t.map(range(5))
     broker = app.transport
     with pytest.raises(redis.ResponseError, match="wrong number of arguments"):  # EXECABORT
-        broker._transaction([("HSET", f"{namespace}:msg")])
+        broker.fast.transaction([("HSET", f"{namespace}:msg")])
     rclient.delete(f"{namespace}:q:default")
     results = t.map(range(5))  # same thread, same connection: no reply left on the wire
-    assert broker.queue_length("default") == 5
+    assert fleet.queue_length(broker, "default") == 5
     drain(app, 5)
     assert [r.get(timeout=1) for r in results] == list(range(5))
 
@@ -107,7 +108,7 @@ def test_a_broken_connection_is_reopened_by_the_next_call(app, rclient):
         if int(info["id"]) != rclient.client_id():
             rclient.client_kill_filter(_id=info["id"])
     t.delay(2)  # the dead connection fails, is dropped, and the publish retried on a new one
-    assert broker.queue_length("default") == 2
+    assert fleet.queue_length(broker, "default") == 2
 
 
 def test_producers_in_many_short_lived_threads(app, rclient):
@@ -136,7 +137,7 @@ def test_producers_in_many_short_lived_threads(app, rclient):
             thread.join()
     gc.collect()
     assert errors == []
-    assert app.transport.queue_length("default") == 150
+    assert fleet.queue_length(app.transport, "default") == 150
     assert len(rclient.client_list()) < 10, "connections of finished threads must be closed"
 
 
@@ -153,7 +154,7 @@ def test_a_producer_reconnects_after_a_redis_restart_even_without_retry(make_ser
     kept = server.client().llen(f"{namespace}:q:default")
     app.send_task("t.x", retry=False)  # one round trip on the dead connection, then a new one
     app.send_many([("t.x", (), {}) for _ in range(3)])
-    assert app.transport.queue_length("default") == kept + 4
+    assert fleet.queue_length(app.transport, "default") == kept + 4
     server.stop()
     with pytest.raises(redis.ConnectionError):
         app.send_task("t.x", retry=False)
@@ -164,13 +165,13 @@ def test_connections_prepared_for_a_fork_are_only_used_by_the_child(app):
 
     broker = app.connect_broker(retries=0)
     broker.prepare_fork(1)
-    template = broker._templates[0]
-    assert broker._connection() is not template, "the master must never connect a template"
+    template = broker.fast._templates[0]
+    assert broker.fast._connection() is not template, "the master must never connect a template"
     broker.ping()
     pid = os.fork()
     if pid == 0:  # the child takes its copy of the template, and it works
         try:
-            ok = broker._connection() is template and broker._command("PING") == b"PONG"
+            ok = broker.fast._connection() is template and broker.fast.command("PING") == b"PONG"
         finally:
             os._exit(0 if ok else 1)
     assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
@@ -184,24 +185,24 @@ def test_delay_polls_for_a_prompt_reply_and_stops_when_replies_are_slow(app):
     import socket
     from types import SimpleNamespace
 
-    from qdeploy.core import broker as broker_mod
+    from qdeploy.core import connection as hotpath
 
     broker = app.connect_broker()
     mine, redis_end = socket.socketpair()
     conn = SimpleNamespace(_sock=mine)
     redis_end.sendall(b":1\r\n")
-    broker._await_reply(conn)
-    assert (broker._spin_misses, broker._spin_backoff) == (0, 0)
+    broker.fast._await_reply(conn)
+    assert (broker.fast._spin_misses, broker.fast._spin_backoff) == (0, 0)
     mine.recv(16)
-    for missed in range(1, broker_mod.SPIN_MISSES):  # nothing arrives: each call waits out SPIN
-        broker._await_reply(conn)
-        assert (broker._spin_misses, broker._spin_backoff) == (missed, 0)
-    broker._await_reply(conn)
-    assert (broker._spin_misses, broker._spin_backoff) == (0, broker_mod.SPIN_BACKOFF)
-    broker._await_reply(conn)
-    assert broker._spin_backoff == broker_mod.SPIN_BACKOFF - 1, "backing off: no polling"
+    for missed in range(1, hotpath.SPIN_MISSES):  # nothing arrives: each call waits out SPIN
+        broker.fast._await_reply(conn)
+        assert (broker.fast._spin_misses, broker.fast._spin_backoff) == (missed, 0)
+    broker.fast._await_reply(conn)
+    assert (broker.fast._spin_misses, broker.fast._spin_backoff) == (0, hotpath.SPIN_BACKOFF)
+    broker.fast._await_reply(conn)
+    assert broker.fast._spin_backoff == hotpath.SPIN_BACKOFF - 1, "backing off: no polling"
     mine.close()
     redis_end.close()
-    broker._spin_backoff = 0
-    broker._await_reply(SimpleNamespace())  # a redis-py without `_sock`: no polling, no error
-    assert (broker._spin_misses, broker._spin_backoff) == (0, 0)
+    broker.fast._spin_backoff = 0
+    broker.fast._await_reply(SimpleNamespace())  # a redis-py without `_sock`: no polling, no error
+    assert (broker.fast._spin_misses, broker.fast._spin_backoff) == (0, 0)

@@ -8,6 +8,7 @@ import json
 import pytest
 
 from qdeploy import App
+from qdeploy.ops import fleet
 from tests.integration.conftest import drain, run_cli
 
 
@@ -29,7 +30,7 @@ def test_queues_counts_ready_inflight_scheduled_dead(ops, tapp):
     tapp.send_task("t.pid", queue="default")
     tapp.transport.heartbeat("busy@elsewhere", 60)  # a live node holds it
     tapp.transport.reserve("c1", "busy@elsewhere", ["default"])  # in flight, not acked yet
-    tapp.transport.publish_raw("mail", "bad1", b"not json")
+    fleet.publish_raw(tapp.transport, "mail", "bad1", b"not json")
     drain(tapp, 1, queues=("mail",))
     rows = {r["queue"]: r for r in json.loads(ops("queues", "--json").stdout)}
     assert rows["images"] == {"queue": "images", "ready": 3, "in_flight": 0, "scheduled": 1, "dead": 0}
@@ -42,7 +43,7 @@ def test_queues_counts_ready_inflight_scheduled_dead(ops, tapp):
 def test_dead_letter_list_requeue_purge(ops, tapp, rclient, namespace):
     good = tapp.send_task("t.nope_unknown", queue="default")  # unknown task: dead-lettered
     drain(tapp, 1)
-    tapp.transport.publish_raw("default", "bad2", b"\x80pickle")
+    fleet.publish_raw(tapp.transport, "default", "bad2", b"\x80pickle")
     drain(tapp, 1)
     listed = json.loads(ops("dead-letter", "list", "--json").stdout)
     assert {r["id"] for r in listed} == {good.id, "bad2"}
@@ -51,13 +52,13 @@ def test_dead_letter_list_requeue_purge(ops, tapp, rclient, namespace):
 
     requeued = ops("dead-letter", "requeue", good.id, "missing-id")
     assert requeued.returncode == 1 and "requeued 1" in requeued.stdout and "missing-id" in requeued.stdout
-    assert tapp.transport.queue_length("default") == 1 and good.state == "PENDING"
-    assert [r["id"] for r in tapp.transport.dead_letters()] == ["bad2"]
+    assert fleet.queue_length(tapp.transport, "default") == 1 and good.state == "PENDING"
+    assert [r["id"] for r in fleet.dead_letters(tapp.transport)] == ["bad2"]
 
     refused = ops("dead-letter", "purge")  # stdin is not a terminal
     assert refused.returncode == 2 and "--yes" in refused.stderr
     assert ops("dead-letter", "purge", "--yes").stdout.strip() == "deleted 1 dead letter(s)"
-    assert tapp.transport.dead_letters() == []
+    assert fleet.dead_letters(tapp.transport) == []
 
 
 def test_purge_needs_confirmation_and_removes_bodies(ops, tapp, rclient, namespace):
@@ -65,12 +66,12 @@ def test_purge_needs_confirmation_and_removes_bodies(ops, tapp, rclient, namespa
     later = tapp.send_task("t.pid", queue="a", countdown=100)
     refused = ops("purge")
     assert refused.returncode == 2 and "not a terminal" in refused.stderr
-    assert tapp.transport.queue_length("a") == 2
+    assert fleet.queue_length(tapp.transport, "a") == 2
     done = ops("purge", "-Q", "a", "--yes")
     assert done.returncode == 0 and "purged 3 message(s): a=3" in done.stdout
-    assert tapp.transport.queue_length("a") == 0 and tapp.transport.scheduled("a") == 0
+    assert fleet.queue_length(tapp.transport, "a") == 0 and fleet.scheduled(tapp.transport, "a") == 0
     assert rclient.hmget(f"{namespace}:msg", [ids[0], later.id]) == [None, None]
-    assert tapp.transport.queue_length("b") == 1
+    assert fleet.queue_length(tapp.transport, "b") == 1
     assert ops("purge", "-Q", "bad queue!", "--yes").returncode == 2
 
 

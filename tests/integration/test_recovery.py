@@ -3,6 +3,7 @@
 
 from qdeploy.core.app import App
 from qdeploy.worker import Consumer
+from qdeploy.ops import fleet
 from tests.integration.conftest import drain, wait_until
 
 
@@ -21,10 +22,10 @@ def test_sigkilled_consumer_is_requeued_by_identity(redis_server, rclient, names
     victim = workers("-n", "victim@test")
     wait_until(lambda: runs(rclient, namespace, res.id) == 1, what="the task to start")
     victim.kill()  # kill -9 mid-task: no ack, no cleanup
-    assert app.transport.inflight("victim@test") == [res.id], "the message must stay in-flight"
-    assert app.transport.queue_length("default") == 0
+    assert fleet.inflight(app.transport, "victim@test") == [res.id], "the message must stay in-flight"
+    assert fleet.queue_length(app.transport, "default") == 0
     assert app.transport.requeue_consumer("victim@test") == 1  # what the master will do
-    assert app.transport.inflight("victim@test") == []
+    assert fleet.inflight(app.transport, "victim@test") == []
 
     @app.task(name="t.slow_once", bind=True)
     def slow_once(self, seconds):
@@ -32,7 +33,7 @@ def test_sigkilled_consumer_is_requeued_by_identity(redis_server, rclient, names
 
     drain(app, 1)
     assert res.get(timeout=1) == 2, "second delivery completes the task"
-    assert app.transport.queue_length("default") == 0
+    assert fleet.queue_length(app.transport, "default") == 0
     assert rclient.hlen(f"{namespace}:msg") == 0, "nothing left behind, nothing lost"
 
 
@@ -52,7 +53,7 @@ def test_dead_node_is_recovered_after_visibility_timeout(redis_server, rclient, 
     drain(app, 1, cid="node2@test", timeout=15)
     assert res.get(timeout=1) == 2
     assert rclient.hget(f"{namespace}:consumers", "node1@test") is None
-    assert app.transport.inflight("node1@test") == []
+    assert fleet.inflight(app.transport, "node1@test") == []
 
 
 def test_long_task_on_a_live_node_is_not_stolen(redis_server, rclient, namespace, workers):
@@ -90,7 +91,7 @@ def test_crash_loop_ends_in_the_dead_letter_queue(redis_server, rclient, namespa
     assert int(rclient.get(f"{namespace}:test:crash")) == 3
     last = workers("-n", "crashy4@test", "--max-tasks-per-child", "1", env=env)
     assert last.proc.wait(15) == 0, last.output()
-    [dead] = app.transport.dead_letters()
+    [dead] = fleet.dead_letters(app.transport)
     assert dead["id"] == res.id and "delivered 4 times without an ack (max_deliveries=3)" in dead["reason"]
     assert int(rclient.get(f"{namespace}:test:crash")) == 3, "never run a 4th time"
     assert res.state == "FAILURE"

@@ -257,6 +257,8 @@ queues = ["images", "video"]
     m = masters("--config", str(config), "--node", "images").ready()
     assert len(m.children()) == 3
     assert tapp.send_task("t.pid", queue="video").get(timeout=10) in {c.pid for c in m.children()}
+    m.signal(signal.SIGTERM)  # one live master per node name
+    assert m.wait(15) == 0
     flag = masters("--config", str(config), "--node", "images", "-c", "2").ready()
     assert len(flag.children()) == 2, "a flag beats the [node] table"
 

@@ -140,7 +140,7 @@ enabled = false
         ("log_dir = '/var/../etc'\n", "expected an absolute path of letters"),
         ("user = 'root; rm -rf /'\n", "expected a POSIX user name"),
         ("broker = 'http://x'\n", "broker = 'http://x': expected a URL starting with one of redis://"),
-        ("broker = 'redis://host:99999/0'\n", "expected a port from 0 to 65535"),
+        ("broker = 'redis://host:99999/0'\n", "expected a port from 1 to 65535"),
         ("app = 'not an import path'\n", "expected an import path"),
         ("flavour = 'arch'\n", "flavour = 'arch': expected one of debian, rhel"),
         ("targets = ['systemd', 'upstart']\n", "expected a list of targets: expected one of"),

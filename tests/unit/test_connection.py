@@ -1,50 +1,8 @@
-"""Broker URL parsing (no server needed); real servers are in tests/integration/test_urls.py."""
+"""redis-py's side of connection.py (no server needed). Broker URLs (the one parser, redaction,
+the clients built from them) are in tests/unit/test_broker_url.py; real servers in
+tests/integration/test_urls.py."""
 
 import pytest
-
-from qdeploy.core.connection import BrokerURLError, connect, parse_sentinel_url, redact
-
-
-def test_sentinel_url_full_syntax():
-    spec = parse_sentinel_url("sentinel://app:s3cret@h1:26380,h2,[::1]:26381/3?master=mymaster"
-                              "&sentinel_password=sp&sentinel_username=su")
-    assert spec.hosts == [("h1", 26380), ("h2", 26379), ("::1", 26381)]
-    assert (spec.master, spec.db, spec.username, spec.password) == ("mymaster", 3, "app", "s3cret")
-    assert (spec.sentinel_username, spec.sentinel_password, spec.ssl) == ("su", "sp", False)
-    assert parse_sentinel_url("sentinels://h/0?master=m").ssl is True
-
-
-@pytest.mark.parametrize("url, reason", [
-    ("sentinel://h1:26379/0", "needs \\?master=NAME"),
-    ("sentinel:///0?master=m", "names no sentinel host"),
-    ("sentinel://h1:port/0?master=m", "bad sentinel port"),
-    ("sentinel://h1/zero?master=m", "bad database number"),
-])
-def test_bad_sentinel_urls(url, reason):
-    with pytest.raises(BrokerURLError, match=reason):
-        parse_sentinel_url(url)
-
-
-@pytest.mark.parametrize("url, reason", [
-    ("http://localhost:6379/0", "unsupported broker URL scheme 'http'"),
-    ("localhost:6379", "must look like redis://"),
-    ("redis://localhost:notaport/0", "bad broker URL"),
-])
-def test_bad_urls_fail_before_connecting(url, reason):
-    with pytest.raises(BrokerURLError, match=reason):
-        connect(url)
-
-
-def test_redact_hides_passwords():
-    assert redact("redis://user:pw@h:1/0") == "redis://user:***@h:1/0"
-    assert redact("redis://h:1/0") == "redis://h:1/0"
-    assert "pw" not in str(pytest.raises(BrokerURLError, connect, "redis://u:pw@h:x/0").value)
-
-
-def test_good_urls_build_clients_without_connecting():
-    for url in ("redis://127.0.0.1:1/0", "rediss://u:p@127.0.0.1:1/2", "unix:///tmp/none.sock?db=1",
-                "sentinel://127.0.0.1:1/0?master=m"):
-        assert connect(url) is not None
 
 
 @pytest.mark.parametrize("args", [
@@ -56,14 +14,71 @@ def test_pack_is_what_redis_py_sends(args):
     """The hot paths pack their own commands; the bytes must be exactly redis-py's."""
     from redis.connection import Connection
 
-    from qdeploy.core.broker import pack
+    from qdeploy.core.connection import pack
 
     assert pack(args) == b"".join(Connection().pack_command(*args))
 
 
 @pytest.mark.parametrize("bad", [None, True, object(), ["list"]])
 def test_pack_refuses_what_redis_cannot_store(bad):
-    from qdeploy.core.broker import pack
+    from qdeploy.core.connection import pack
 
     with pytest.raises(TypeError, match="cannot send"):
         pack(("SET", "k", bad))
+
+
+# -- the Redis edge: connection.py is the only module that knows redis-py ----------------------
+def _sources():
+    from pathlib import Path
+
+    import qdeploy
+
+    root = Path(qdeploy.__file__).parent
+    return [(p.relative_to(root).as_posix(), p.read_text()) for p in sorted(root.rglob("*.py"))]
+
+
+def test_no_module_but_connection_imports_redis_py_or_touches_its_private_attributes():
+    import ast
+
+    allowed = {"core/connection.py", "_imports.py"}  # _imports only finds redis' spec, never imports it
+    offenders = []
+    for path, text in _sources():
+        if path in allowed:
+            continue
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.Import) and any(a.name.split(".")[0] == "redis" for a in node.names):
+                offenders.append(f"{path}:{node.lineno} import redis")
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "redis":
+                offenders.append(f"{path}:{node.lineno} from {node.module}")
+            elif isinstance(node, ast.Attribute) and node.attr in (
+                    "_sock", "connection_kwargs", "connection_class", "next_health_check", "send_packed_command") \
+                    and not (isinstance(node.value, ast.Name) and node.value.id == "self"):  # a class's own _sock
+                offenders.append(f"{path}:{node.lineno} .{node.attr}")
+            elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in (
+                    "from_url", "master_for", "Redis", "Sentinel", "ConnectionPool"):
+                offenders.append(f"{path}:{node.lineno} {node.func.attr}()")
+    assert offenders == [], "redis-py is connection.py's business:\n" + "\n".join(offenders)
+
+
+def test_the_redis_py_internals_connection_py_relies_on_are_still_there():
+    """Each private part of redis-py the hot path reads, checked on the installed release: when a
+    release moves one, this fails and says which, instead of every delay() breaking in production."""
+    import redis
+
+    from qdeploy.core import connection
+
+    client = connection.connect("redis://127.0.0.1:1/0")
+    pool = client.connection_pool
+    assert type(pool) is redis.ConnectionPool, "HotPath.direct: a plain client's pool class"
+    assert hasattr(pool, "connection_class") and isinstance(pool.connection_kwargs, dict), \
+        "HotPath._new_connection: ConnectionPool.connection_class / connection_kwargs"
+    conn = connection.HotPath(client)._new_connection()
+    assert hasattr(conn, "_sock") and conn._sock is None, "socket_of: Connection._sock"
+    for name in ("send_packed_command", "read_response", "connect", "disconnect", "on_connect", "retry",
+                 "health_check_interval"):
+        assert hasattr(conn, name), f"Connection.{name}"
+    assert hasattr(conn, "next_health_check"), "_on_connect: Connection.next_health_check"
+    assert conn.redis_connect_func is connection._on_connect, "the connect hook reaches the hot path's connections"
+    import inspect
+
+    assert "disable_decoding" in inspect.signature(conn.read_response).parameters, "HotPath.transaction"

@@ -1,0 +1,121 @@
+"""Every Redis key name of the protocol, in one place (docs/protocol.md has the table).
+
+`Keys(namespace)` is what every module uses (broker, results, fleet, beat store, control,
+dashboard); nothing else spells a key. Lua scripts that derive a key at run time (the queue of
+a message being requeued, the result of the id being acked) get their helpers from `LUA`,
+generated from the same templates, so the Python and the Lua side cannot drift apart.
+
+    ns:msg                hash    id -> envelope JSON (the only copy of a message body)
+    ns:q:<queue>          list    ids ready to run (LPUSH in, taken from the right)
+    ns:eta:<queue>        zset    ids not due yet, score = unix time they become due
+    ns:inflight:<cid>     list    ids reserved by consumer <cid>, until acked
+    ns:dlv                hash    id -> deliveries since the last ack or retry
+    ns:consumers          hash    cid -> heartbeat owner (the node that vouches for it)
+    ns:hb:<owner>         string  heartbeat, expires after the visibility timeout
+    ns:node:<owner>       string  the lease that makes a node name one live master's (JSON)
+    ns:dead               list    dead-letter records (JSON, newest first, capped)
+    ns:r:<id>             string  result record (JSON), expires after result_ttl
+    ns:revoked:<id>       string  revocation mark, expires after result_ttl
+    ns:ctl                channel control requests (ids only)
+    ns:ctl:req:<rid>      string  one control request, expiring with its timeout
+    ns:ctl:reply:<rid>    list    the nodes' replies to it
+    ns:beat:*             beat's lock, anchors, runs and dynamic entries (qdeploy.beat.store)
+"""
+
+from __future__ import annotations
+
+# name -> template; "{}" is the variable part. Fixed keys have none.
+TEMPLATES: dict[str, str] = {
+    "msg": "msg",
+    "dlv": "dlv",
+    "consumers": "consumers",
+    "dead": "dead",
+    "queue": "q:{}",
+    "eta": "eta:{}",
+    "inflight": "inflight:{}",
+    "heartbeat": "hb:{}",
+    "node": "node:{}",
+    "result": "r:{}",
+    "revoked": "revoked:{}",
+    "control": "ctl",
+    "control_request": "ctl:req:{}",
+    "control_reply": "ctl:reply:{}",
+    "beat_lock": "beat:lock",
+    "beat_last": "beat:last",
+    "beat_runs": "beat:runs",
+    "beat_entries": "beat:entries",
+    "beat_disabled": "beat:disabled",
+    "beat_rev": "beat:rev",
+}
+
+# The keys a Lua script derives at run time (from the namespace in its ARGV).
+LUA_KEYS = ("msg", "dlv", "consumers", "dead", "queue", "inflight", "heartbeat", "result", "revoked")
+
+
+def _lua_helpers() -> str:
+    """`local function k_queue(ns, x) return ns .. ':q:' .. x end` and so on, from TEMPLATES."""
+    lines = []
+    for name in LUA_KEYS:
+        head, variable, tail = TEMPLATES[name].partition("{}")
+        assert not tail, f"{name}: the variable part must come last"
+        if variable:
+            lines.append(f"local function k_{name}(ns, x) return ns .. ':{head}' .. x end")
+        else:
+            lines.append(f"local function k_{name}(ns) return ns .. ':{head}' end")
+    return "\n".join(lines) + "\n"
+
+
+LUA = _lua_helpers()
+
+class Keys:
+    """Key names of one namespace. Fixed keys are attributes (`keys.msg`); keys with a variable
+    part are methods (`keys.queue("default")`); `keys.prefix("queue")` is for SCAN patterns."""
+
+    __slots__ = ("ns", "msg", "dlv", "consumers", "dead", "control", "beat_lock", "beat_last",
+                 "beat_runs", "beat_entries", "beat_disabled", "beat_rev")
+
+    def __init__(self, namespace: str):
+        if not isinstance(namespace, str) or not namespace or any(c in namespace for c in "{}*?[] \n"):
+            raise ValueError(f"namespace must be a non-empty name without spaces, braces or glob "
+                             f"characters, not {namespace!r}")
+        fixed = {name: f"{namespace}:{t}" for name, t in TEMPLATES.items() if "{}" not in t}
+        self.ns = namespace
+        self.msg, self.dlv, self.consumers, self.dead = fixed["msg"], fixed["dlv"], fixed["consumers"], fixed["dead"]
+        self.control = fixed["control"]
+        self.beat_lock, self.beat_last, self.beat_runs = fixed["beat_lock"], fixed["beat_last"], fixed["beat_runs"]
+        self.beat_entries, self.beat_disabled = fixed["beat_entries"], fixed["beat_disabled"]
+        self.beat_rev = fixed["beat_rev"]
+
+    def __repr__(self) -> str:
+        return f"Keys({self.ns!r})"
+
+    def prefix(self, name: str) -> str:
+        """`ns:q:` for "queue": what every key of that kind starts with."""
+        return f"{self.ns}:{TEMPLATES[name].replace('{}', '')}"
+
+    def queue(self, queue: str) -> str:
+        return f"{self.ns}:q:{queue}"
+
+    def eta(self, queue: str) -> str:
+        return f"{self.ns}:eta:{queue}"
+
+    def inflight(self, cid: str) -> str:
+        return f"{self.ns}:inflight:{cid}"
+
+    def heartbeat(self, owner: str) -> str:
+        return f"{self.ns}:hb:{owner}"
+
+    def node(self, owner: str) -> str:
+        return f"{self.ns}:node:{owner}"
+
+    def result(self, task_id: str) -> str:
+        return f"{self.ns}:r:{task_id}"
+
+    def revoked(self, task_id: str) -> str:
+        return f"{self.ns}:revoked:{task_id}"
+
+    def control_request(self, rid: str) -> str:
+        return f"{self.ns}:ctl:req:{rid}"
+
+    def control_reply(self, rid: str) -> str:
+        return f"{self.ns}:ctl:reply:{rid}"
