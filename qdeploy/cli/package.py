@@ -8,8 +8,8 @@ from pathlib import Path
 import click
 
 from qdeploy import __version__
-from qdeploy.deploy import package as package_mod
 from qdeploy.cli.common import config_option, fail, load_config, setting_options
+from qdeploy.deploy import package as package_mod
 from qdeploy.generator.config import ConfigError
 from qdeploy.generator.settings import SETTINGS
 
@@ -24,7 +24,8 @@ PACKAGE_KEYS = [s.key for s in SETTINGS if s.flag and s.key != "executable"]
               help="A wheel of the application (repeatable); its dependencies are bundled too.")
 @click.option("--requirements", "-r", metavar="FILE", help="A requirements file to bundle as well.")
 @click.option("--qdeploy-wheel", metavar="WHEEL",
-              help="The qdeploy wheel to bundle (default: built from this source checkout).")
+              help="The qdeploy wheel to bundle (default: built from this source checkout, or "
+                   "rebuilt from the installed qdeploy's files).")
 @click.option("--out", default="dist", show_default=True, metavar="DIR", help="Where to write the package.")
 @click.option("--name", default="qdeploy", show_default=True, help="Package name.")
 @click.option("--pkg-version", default=__version__, show_default=True, help="Package version (no '-').")

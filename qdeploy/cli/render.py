@@ -8,9 +8,10 @@ from pathlib import Path
 
 import click
 
+from qdeploy.cli.common import config_option, fail, load_config, setting_options
+from qdeploy.core.urls import redact_text
 from qdeploy.generator import render as render_mod
 from qdeploy.generator import tree
-from qdeploy.cli.common import config_option, fail, load_config, setting_options
 from qdeploy.generator.config import ConfigError
 from qdeploy.generator.settings import SETTINGS
 
@@ -50,9 +51,13 @@ def render(config_file, out, root, check, show_diff, explain, as_json, **setting
         click.echo(f"up to date: {len(files)} files under {target}")
         return
     try:
-        tree.write(files, target, cfg["group"])
+        warnings = tree.write(files, target, cfg["group"], live=bool(root))
+    except tree.TreeError as exc:
+        fail(str(exc), exc.exit_code)
     except OSError as exc:
         fail(f"cannot write {exc.filename or target}: {exc.strerror or exc}")
+    for warning in warnings:
+        click.echo(f"qdeploy: warning: {warning}", err=True)
     for file in files:
         click.echo(f"  {file.mode:04o}  {target / file.path}")
     beat = "on" if cfg["beat.enabled"] else "off"
@@ -60,14 +65,15 @@ def render(config_file, out, root, check, show_diff, explain, as_json, **setting
 
 
 def _print_explain(services: dict, as_json: bool) -> None:
+    """Every line redacted, as every error and diff is (a credential never reaches the terminal)."""
     if as_json:
-        click.echo(json.dumps(services, indent=2))
+        click.echo(redact_text(json.dumps(services, indent=2)))
         return
     for name, service in services.items():
-        click.echo(f"{name}: {shlex.join(service['argv'])}")
+        click.echo(redact_text(f"{name}: {shlex.join(service['argv'])}"))
         options = ", ".join(f"{k}={v}" for k, v in service["options"].items())
         if options:
-            click.echo(f"    {options}")
+            click.echo(redact_text(f"    {options}"))
 
 
 COMMANDS = [render]

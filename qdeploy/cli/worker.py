@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import click
 
-from qdeploy.service import daemon
 from qdeploy.cli.common import SERVICE_KEYS, config_option, daemon_options, fail, load_config, setting_options
 from qdeploy.generator.config import ConfigError
-from qdeploy.generator.datatypes import NODE_NAME
+from qdeploy.generator.datatypes import NODE_NAME, NODE_NAME_RULE
 from qdeploy.generator.settings import SETTINGS
+from qdeploy.service import daemon
 
 WORKER_KEYS = [s.key for s in SETTINGS if s.flag and (s.per_node or s.key in SERVICE_KEYS)]
 
@@ -33,7 +33,8 @@ def worker(config_file, node, hostname, uid, gid, allow_root, pidfile, logfile, 
     name, _, host = (hostname or "").partition("@")
     for value in (node, name):
         if value and not NODE_NAME.fullmatch(value):
-            fail(f"node name {value!r} must match [A-Za-z0-9_.-]+", 2)
+            shown = value if len(value) <= 40 else value[:40] + "..."
+            fail(f"node name {shown!r} ({len(value)} characters) must be {NODE_NAME_RULE}", 2)
     try:
         hard = size_kib(max_memory_per_child_hard) if max_memory_per_child_hard else 0
     except ValueError as exc:

@@ -29,6 +29,7 @@ from importlib import resources
 from pathlib import Path
 
 from qdeploy import __version__
+from qdeploy.deploy import wheel as wheel_mod
 from qdeploy.generator.config import Config
 from qdeploy.generator.render import SECRET, File, render
 
@@ -62,7 +63,7 @@ class Spec:
     release: str = "1"
     app_wheels: list[Path] = field(default_factory=list)
     requirements: Path | None = None
-    qdeploy_wheel: Path | None = None  # default: built from this source checkout
+    qdeploy_wheel: Path | None = None  # default: built from this source checkout, or the installed files
     start: bool = False  # start the services on first install (they are always enabled)
     python: str = TARGET_PYTHON
     maintainer: str = "qdeploy <root@localhost>"
@@ -146,9 +147,15 @@ def collect_wheels(spec: Spec, wheelhouse: Path, work: Path) -> list[Path]:
 
 
 def build_qdeploy_wheel(dest: Path) -> Path:
-    source = Path(__file__).resolve().parents[2]
-    if not (source / "pyproject.toml").is_file():
-        raise PackageError("qdeploy is not installed from a source checkout: pass --qdeploy-wheel FILE", 2)
+    """The wheel of the running qdeploy: built from its source checkout, or else (installed with
+    pip from a wheel) rebuilt from the installed files (`wheel.from_installed`)."""
+    package_dir = Path(__file__).resolve().parents[1]
+    source = package_dir.parent
+    if not ((source / "pyproject.toml").is_file() and (source / "templates").is_dir()):
+        try:
+            return wheel_mod.from_installed(dest, "qdeploy", package_dir)
+        except wheel_mod.WheelError as exc:
+            raise PackageError(f"cannot rebuild the qdeploy wheel: {exc}; pass --qdeploy-wheel FILE", 2) from None
     cmd = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(dest), str(source)]
     if importlib.util.find_spec("hatchling"):  # the build backend is here: no need to fetch it
         cmd.insert(5, "--no-build-isolation")
@@ -191,13 +198,15 @@ def compatible(filename: str, minor: tuple[int, int] = TARGET_MINOR, machine: st
 
     def py_ok(tag: str) -> bool:
         m = re.fullmatch(r"(py|cp)(\d)(\d*)", tag)
-        return bool(m) and int(m[2]) == minor[0] and (not m[3] or int(m[3]) <= minor[1]) and (m[1] == "py" or tag == cp or "abi3" in abis)
+        if not m or int(m[2]) != minor[0] or (m[3] and int(m[3]) > minor[1]):
+            return False
+        return m[1] == "py" or tag == cp or "abi3" in abis
 
     def plat_ok(tag: str) -> bool:
         if tag == "any":
             return True
         m = re.fullmatch(r"(?:manylinux_2_(\d+)|manylinux(?:1|2010|2014)|linux)_(\w+)", tag)
-        return bool(m) and m[2] == machine and (m[1] is None or int(m[1]) <= 36)
+        return m is not None and m[2] == machine and (m[1] is None or int(m[1]) <= 36)
 
     return any(map(py_ok, pys)) and bool(abis & {"none", "abi3", cp}) and any(map(plat_ok, plats))
 
@@ -217,13 +226,13 @@ def missing_requirements(wheels: list[Path]) -> list[str]:
         from packaging.markers import Marker
         from packaging.requirements import Requirement
     except ImportError:  # pip vendors it; pip is how the wheelhouse was built
-        from pip._vendor.packaging.markers import Marker  # type: ignore[no-redef]
-        from pip._vendor.packaging.requirements import Requirement  # type: ignore[no-redef]
+        from pip._vendor.packaging.markers import Marker  # type: ignore[assignment]
+        from pip._vendor.packaging.requirements import Requirement  # type: ignore[assignment]
     have = {wheel_tags(w.name)[0] for w in wheels}
     envs = [{"python_full_version": f"{TARGET_MINOR[0]}.{TARGET_MINOR[1]}.{patch}",
              "python_version": f"{TARGET_MINOR[0]}.{TARGET_MINOR[1]}", "implementation_name": "cpython",
              "platform_python_implementation": "CPython", "sys_platform": "linux", "platform_system": "Linux",
-             "os_name": "posix", "platform_machine": platform.machine(), "extra": ""} for patch in range(0, 30)]
+             "os_name": "posix", "platform_machine": platform.machine(), "extra": ""} for patch in range(30)]
     missing = []
     for wheel in wheels:
         with zipfile.ZipFile(wheel) as zf:
@@ -296,7 +305,8 @@ def maintainer_script(hook: str, values: dict[str, str]) -> str:
 
 
 def _description(spec: Spec, cfg: Config) -> str:
-    return f"qdeploy task queue services for {cfg['app']} ({len(cfg.nodes)} worker node(s){', beat' if cfg['beat.enabled'] else ''})"
+    beat = ", beat" if cfg["beat.enabled"] else ""
+    return f"qdeploy task queue services for {cfg['app']} ({len(cfg.nodes)} worker node(s){beat})"
 
 
 def _run(cmd: list[str], what: str) -> None:

@@ -189,7 +189,8 @@ def test_task_round_trip(host, cfg, workers):
 
 
 def _tmpfiles_dirs(cfg) -> list[tuple[str, int, str, str]]:
-    (tmpfiles,) = [f for f in render_mod.render(cfg) if f.target == "tmpfiles"] or [None]
+    found = [f for f in render_mod.render(cfg) if f.target == "tmpfiles"]
+    tmpfiles = found[0] if found else None
     if tmpfiles is None:
         pytest.skip("the config does not render tmpfiles.d")
     dirs = []

@@ -15,14 +15,13 @@ from typing import Any
 import jinja2
 
 from qdeploy import __version__
+from qdeploy.defaults import START_TIMEOUT, STOP_MARGIN
 from qdeploy.generator.config import Config, ConfigError
 from qdeploy.generator.filters import FILTERS
 
 SECRET = 0o640  # may hold a broker password or secrets from [env]
 PUBLIC = 0o644
 EXECUTABLE = 0o755
-STOP_MARGIN = 15  # seconds a service manager waits beyond the graceful timeout before it kills
-START_TIMEOUT = 30  # seconds init.d waits for a node's readiness notification
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from qdeploy.defaults import BROKER_URL, GRACEFUL_TIMEOUT
 from qdeploy.generator import datatypes as t
 
 TARGETS = ("default", "initd", "systemd", "supervisor", "tmpfiles", "sysusers", "logrotate", "config")
@@ -73,10 +74,12 @@ SETTINGS: tuple[Setting, ...] = (
     # -- where things are -------------------------------------------------------------------
     _s("app", "qdeploy.demo:app", t.pattern(t.IMPORT_PATH, "an import path such as proj.tasks:app"),
        "Import path of the application object (`module:attribute`).", "--app", short="-A"),
-    _s("broker", "redis://127.0.0.1:6379/0", t.broker_url,
-       "Broker URL: `redis://`, `rediss://` (TLS), `unix://` or `sentinel://`. May hold a password: "
-       "files that contain it are rendered 0640.", "--broker", short="-b"),
-    _s("workdir", "/var/lib/qdeploy", t.absolute_path, "Working directory of every process.", "--workdir"),
+    _s("broker", BROKER_URL, t.broker_url,
+       "Broker URL: `redis://`, `rediss://` (TLS), `unix://`, `sentinel://` or `sentinels://` (TLS) with "
+       "several sentinels as `host:port,host:port` and `?master=NAME` (forms and options: docs/protocol.md). "
+       "May hold a password: files that contain it are rendered 0640, and no output or log line shows it. "
+       "The ops commands (`status`, `inspect`...) read it from here too.", "--broker", short="-b"),
+    _s("workdir", "/var/lib/qdeploy", t.service_dir, "Working directory of every process.", "--workdir"),
     _s("executable", "auto", t.executable,
        "Absolute path of the `qdeploy` executable the services run, e.g. `/opt/qdeploy/venv/bin/qdeploy`. "
        "`auto` = the `qdeploy` that runs `render`.", "--executable"),
@@ -85,9 +88,9 @@ SETTINGS: tuple[Setting, ...] = (
     _s("user", "qdeploy", user_name, "System user the services run as.", "--user"),
     _s("group", "qdeploy", user_name, "System group the services run as.", "--group"),
     _s("umask", "0027", t.umask, "File mode creation mask of the services (octal string).", "--umask"),
-    _s("log_dir", "/var/log/qdeploy", t.absolute_path, "Log directory (init.d and supervisord logs).", "--log-dir"),
-    _s("pid_dir", "/run/qdeploy", t.absolute_path, "Pid file directory.", "--pid-dir"),
-    _s("state_dir", "/var/lib/qdeploy", t.absolute_path, "State directory (beat state, scratch space).", "--state-dir"),
+    _s("log_dir", "/var/log/qdeploy", t.service_dir, "Log directory (init.d and supervisord logs).", "--log-dir"),
+    _s("pid_dir", "/run/qdeploy", t.service_dir, "Pid file directory.", "--pid-dir"),
+    _s("state_dir", "/var/lib/qdeploy", t.service_dir, "State directory (beat state, scratch space).", "--state-dir"),
     _s("log_level", "info", t.choice("debug", "info", "warning", "error", "critical"), "Log level.",
        "--log-level", short="-l"),
     _s("flavour", "debian", t.choice("debian", "rhel"),
@@ -125,7 +128,7 @@ SETTINGS: tuple[Setting, ...] = (
        "--time-limit", per_node=True),
     _s("worker.soft_time_limit", 0.0, t.duration, "Soft time limit per task; 0 = none.",
        "--soft-time-limit", per_node=True),
-    _s("worker.graceful_timeout", 60.0, t.duration,
+    _s("worker.graceful_timeout", GRACEFUL_TIMEOUT, t.duration,
        "How long a warm shutdown waits for running tasks before requeueing them. Service managers "
        "wait this plus a margin before they kill.", "--graceful-timeout", per_node=True),
     _s("worker.extra_args", [], t.argv_list,

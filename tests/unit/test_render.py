@@ -71,6 +71,7 @@ def test_default_render_writes_every_artifact_with_its_mode(tmp_path):
         "usr/lib/sysusers.d/qdeploy.conf": "0o644",
         "etc/logrotate.d/qdeploy": "0o644",
         "etc/qdeploy/qdeploy.toml": "0o640",
+        ".qdeploy-manifest": "0o644",  # marks the tree as render's (tests/unit/test_render_out.py)
     }
     assert {path: mode for path, (mode, _) in files.items()} == expected_modes
     target = files["etc/systemd/system/qworker.target"][1]
@@ -105,6 +106,7 @@ def test_only_limits_targets_and_no_beat_drops_beat(tmp_path):
     result = run("render", "--out", str(out), "--only", "systemd,initd", "--no-beat", *DEFAULT_ARGS)
     assert result.exit_code == 0
     assert sorted(tree(out)) == [
+        ".qdeploy-manifest",
         "etc/init.d/qworker",
         "etc/systemd/system/qworker.target",
         "etc/systemd/system/qworker@.service",
