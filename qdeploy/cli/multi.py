@@ -9,8 +9,8 @@ import sys
 
 import click
 
-from qdeploy.ops import multi as multi_mod
 from qdeploy.cli.common import fail, load_config
+from qdeploy.ops import multi as multi_mod
 
 
 class _RawArgs(click.Command):
@@ -27,7 +27,8 @@ def worker_spec() -> multi_mod.OptionSpec:
     """Every option `qdeploy worker` accepts, from the click command itself (cannot drift)."""
     from qdeploy.cli.worker import worker
 
-    canonical, flags = {}, set()
+    canonical: dict[str, str] = {}
+    flags: set[str] = set()
     for param in worker.params:
         if not isinstance(param, click.Option):
             continue
@@ -51,8 +52,11 @@ def multi(ctx):
       NODES    a count (3 -> nodes 1 2 3) or names; with --config: a selector of its nodes
     \b
     Worker options apply to every node; OPTION:SELECTOR VALUE to some (-c:2 8, -Q:1-2 a,b,
-    --logfile:images=/var/log/img.log). %n %h in --pidfile/--logfile are expanded per node,
-    %i %I by the worker per child. Own options:
+    --logfile:images=/var/log/img.log); a range applies to the nodes that exist. In
+    --pidfile/--logfile and `expand`, as in Celery's multi: %n (or %N) is the node name, %h (or
+    %p) the full node name NAME@HOST, %d the host; %i %I (the pool process index) and %% are
+    left for each worker to expand, so `expand` shows them as they are. Two nodes sharing a
+    pid or log file are refused. Own options:
       --config FILE   nodes and argv from the config: the argv of the rendered services
       --timeout SECS  stopwait/restart: how long to wait before KILL (default graceful+15s)
       --rolling       restart one node at a time, each waiting for the previous one's readiness

@@ -8,12 +8,15 @@ Positional words name the nodes: one number N (nodes `1`..`N`) or a list of name
 `render.worker_argv`: the very argv the rendered systemd/init.d/supervisord services exec (the
 positional words then pick a subset: `2`, `1-2`, `images`). `OPTION:SELECTOR VALUE` sets an option
 for the selected nodes only (`qdeploy.generator.nodes.select`); words after `--` go to every worker as they
-are. Building argvs has no side effects (no directories, no files): `show`, `names` and `expand`
-only print.
+are. `--pidfile`/`--logfile` are expanded per node as Celery's multi does (`%h` is the full node
+name `name@host`: `nodes.expand_multi`); two nodes that would share a pid or log file are refused.
+Building argvs has no side effects (no directories, no files): `show`, `names` and `expand` only
+print.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -22,17 +25,17 @@ from dataclasses import dataclass, field
 
 import psutil
 
+from qdeploy.defaults import GRACEFUL_TIMEOUT, STOP_MARGIN
 from qdeploy.generator import nodes as nodes_mod
-from qdeploy.service.daemon import read_pid, signal_pid
 from qdeploy.generator.datatypes import NODE_NAME, duration
+from qdeploy.service.daemon import read_pid, signal_pid
 
 ACTIONS = ("start", "stop", "stopwait", "restart", "kill", "show", "names", "expand")
 OWN_OPTIONS = {"--config": True, "--timeout": True, "--rolling": False, "--json": False}  # name -> takes a value
 MANAGED = {"--node", "--hostname", "--detach"}  # multi sets these itself
 DEFAULT_PIDFILE = "{pid_dir}/qworker-%n.pid"  # the init.d script's names: both see the same nodes
 DEFAULT_LOGFILE = "{log_dir}/qworker-%n.log"
-DEFAULT_GRACEFUL = 60.0
-STOP_MARGIN = 15.0  # as render.STOP_MARGIN: what service managers wait beyond the graceful timeout
+DEFAULT_GRACEFUL = GRACEFUL_TIMEOUT
 START_MARGIN = 10.0  # beyond the worker's own readiness timeout
 
 
@@ -65,9 +68,10 @@ class Invocation:
 class Node:
     name: str
     argv: list[str]  # what `start` execs (it ends with --detach)
-    pidfile: str  # expanded (%n %h): where multi finds the running master
-    logfile: str  # as given to the worker (%i/%I are the worker's to expand)
+    pidfile: str  # fully expanded: where multi finds the running master
+    logfile: str  # as given to the worker: multi's %n %N %h %p %d expanded, %i %I left for the worker
     stop_timeout: float
+    master_log: str = ""  # the master's own log file (logfile as the worker expands it in the master)
 
 
 @dataclass(frozen=True)
@@ -98,7 +102,8 @@ def parse(args: list[str], spec: OptionSpec) -> Invocation:
         if not arg.startswith("-") or arg == "-":
             inv.words.append(arg)
             continue
-        head, eq, value = arg.partition("=")
+        head, eq, given = arg.partition("=")
+        value: str | None = given
         name, colon, selector = head.partition(":")
         if not eq and not colon and not arg.startswith("--") and len(arg) > 2 and arg[:2] in spec.canonical:
             name, eq, value = arg[:2], "=", arg[2:]  # -c8
@@ -131,7 +136,7 @@ def parse(args: list[str], spec: OptionSpec) -> Invocation:
     return inv
 
 
-def _own(inv: Invocation, name: str, value: str) -> None:
+def _own(inv: Invocation, name: str, value: str | None) -> None:
     if name == "--config":
         inv.config = value
     elif name == "--rolling":
@@ -201,16 +206,44 @@ def build(inv: Invocation, cfg, *, hostname: str | None = None) -> list[Node]:
     out = []
     for name in names:
         opts = dict(options[name])
-        pid_t = opts.pop("--pidfile", (None, DEFAULT_PIDFILE.format(pid_dir=cfg["pid_dir"])))[1]
-        log_t = opts.pop("--logfile", (None, DEFAULT_LOGFILE.format(log_dir=cfg["log_dir"])))[1]
+        pid_t = opts.pop("--pidfile", (None, DEFAULT_PIDFILE.format(pid_dir=_dir(opts, cfg, "pid_dir"))))[1]
+        log_t = opts.pop("--logfile", (None, DEFAULT_LOGFILE.format(log_dir=_dir(opts, cfg, "log_dir"))))[1]
+        # As Celery's multi: %n %N %h %p %d expanded here; the worker expands %i %I %% per process.
+        pidfile = nodes_mod.expand_multi(pid_t or "", name, host)
+        logfile = nodes_mod.expand_multi(log_t or "", name, host)
         head = render.worker_argv(cfg, name) if config_mode else [cfg["executable"], "worker", "-n", name]
         argv = list(head)
         for spelling, value in opts.values():
             argv += [spelling] if value is None else [spelling, value]
-        argv += ["--pidfile", pid_t, "--logfile", log_t, "--detach", *inv.passthrough]
-        out.append(Node(name, argv, nodes_mod.expand(pid_t, name, host), log_t,
-                        inv.timeout if inv.timeout is not None else _stop_timeout(cfg, name, opts, config_mode)))
+        argv += ["--pidfile", pidfile, "--logfile", logfile, "--detach", *inv.passthrough]
+        out.append(Node(name, argv, nodes_mod.expand(pidfile, name, host), logfile,
+                        inv.timeout if inv.timeout is not None else _stop_timeout(cfg, name, opts, config_mode),
+                        nodes_mod.expand(logfile, name, host)))
+    _refuse_shared_files(out)
     return out
+
+
+def _dir(opts: dict, cfg, key: str) -> str:
+    """The node's --pid-dir/--log-dir (else the config's), as literal text in a template."""
+    return opts.get("--" + key.replace("_", "-"), (None, cfg[key]))[1].replace("%", "%%")
+
+
+def _refuse_shared_files(nodes: list[Node]) -> None:
+    """Two nodes on one pid (or log) file: the second start would find the first "already
+    running", stop would signal one master twice. Refused, naming both nodes."""
+    owners: dict[str, tuple[str, str]] = {}
+    for node in nodes:
+        for kind, path, flag in (("pid file", node.pidfile, "--pidfile"), ("log file", node.master_log, "--logfile")):
+            key = os.path.normpath(path)
+            if key not in owners:
+                owners[key] = node.name, kind
+                continue
+            other, other_kind = owners[key]
+            if other == node.name:
+                raise MultiError(f"node {node.name}: its pid file and its log file are the same file {path}")
+            if other_kind == kind:
+                raise MultiError(f"nodes {other} and {node.name} would share the {kind} {path}: put %n in {flag}")
+            raise MultiError(f"node {other}'s {other_kind} is node {node.name}'s {kind}: {path}")
 
 
 def _stop_timeout(cfg, name: str, opts: dict, config_mode: bool) -> float:
@@ -224,7 +257,9 @@ def _stop_timeout(cfg, name: str, opts: dict, config_mode: bool) -> float:
 
 
 def expand_template(template: str, names: list[str], hostname: str | None = None) -> list[str]:
-    return [nodes_mod.expand(template, name, hostname) for name in names]
+    """`multi expand`: the template as multi expands it for each node. `%i`/`%I` stay visible:
+    they are the pool process index, which only a worker's processes have (as in Celery)."""
+    return [nodes_mod.expand_multi(template, name, hostname) for name in names]
 
 
 # -- process lifecycle (the verbs with side effects) -----------------------------------------
@@ -257,7 +292,8 @@ def start(nodes: list[Node], ready_timeout: float = 30.0, env: dict | None = Non
         else:
             lines = [line for line in err.splitlines() if line.strip()]
             why = lines[-1].removeprefix("qdeploy: error: ") if lines else f"exit code {proc.returncode}"
-            outcomes[name] = Outcome(name, False, "failed", f"{why} (exit {proc.returncode}; log {node.logfile})")
+            log = node.master_log or node.logfile
+            outcomes[name] = Outcome(name, False, "failed", f"{why} (exit {proc.returncode}; log {log})")
     return [outcomes[n.name] for n in nodes]
 
 
@@ -326,8 +362,8 @@ def restart(nodes: list[Node], *, rolling: bool = False, timeout: float | None =
     """stopwait + start. Rolling: one node at a time, the next only once this one is ready again;
     a node that fails to come back stops the roll (the rest keep running)."""
     if not rolling:
-        stopped = {o.node: o for o in stopwait(nodes, timeout)}
-        return [_merge(stopped[o.node], o) for o in start(nodes, ready_timeout, env)]
+        by_node = {o.node: o for o in stopwait(nodes, timeout)}
+        return [_merge(by_node[o.node], o) for o in start(nodes, ready_timeout, env)]
     out = []
     for i, node in enumerate(nodes):
         stopped = stopwait([node], timeout)[0]

@@ -5,6 +5,11 @@ Both start in the same order, which makes failures clear and privileges safe:
     enter the workdir → import the app → dirs (as root, owned by the service user) → log file
     → pid file → detach (the parent waits for readiness) → connect → drop privileges → run
 
+Before the first directory is made, `check_paths` checks every path the rest uses (the
+directories, the log and pid files' directories, the workdir --detach enters), so a path that
+cannot be used is one line on the terminal — never a traceback, and never only "the worker
+exited before it was ready" from a parent that already detached.
+
 Options are duck-typed: `WorkerOptions` and `BeatOptions` both carry the fields used here.
 """
 
@@ -15,16 +20,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-import redis
-
-from qdeploy.service import daemon
 from qdeploy.core.app import AppImportError, load_app
 from qdeploy.core.broker import Broker
-from qdeploy.core.connection import BrokerURLError, connect, redact
+from qdeploy.core.connection import BrokerURLError, RedisError, connect, error_text, redact
+from qdeploy.defaults import EX_UNAVAILABLE, EX_USAGE, START_TIMEOUT
 from qdeploy.generator.nodes import expand
-from qdeploy.service import logs
-
-EX_USAGE, EX_UNAVAILABLE = 2, 3  # the same codes as enqueue/result: bad input, broker unreachable
+from qdeploy.service import daemon, logs
 
 
 class BootError(daemon.DaemonError):
@@ -53,7 +54,8 @@ class DaemonOptions:
     log_dir: str
     pid_dir: str
     state_dir: str
-    start_timeout: float = 30.0
+    start_timeout: float = START_TIMEOUT
+    given_dirs: frozenset[str] = frozenset()  # which of log_dir/pid_dir/state_dir were configured
 
 
 def daemon_fields(cfg, name: str, host: str, *, uid=None, gid=None, allow_root=False, pidfile=None,
@@ -77,6 +79,7 @@ def daemon_fields(cfg, name: str, host: str, *, uid=None, gid=None, allow_root=F
         log_dir=cfg["log_dir"],
         pid_dir=cfg["pid_dir"],
         state_dir=cfg["state_dir"],
+        given_dirs=frozenset(key for key in ("log_dir", "pid_dir", "state_dir") if key in cfg.given),
     )
 
 
@@ -99,7 +102,9 @@ def load(opts):
         try:
             os.chdir(opts.workdir)
         except OSError as exc:
-            raise BootError(f"cannot change into workdir {opts.workdir}: {exc.strerror}", EX_USAGE) from None
+            who = "" if os.geteuid() == 0 else f" (user {daemon.user_name()})"
+            raise BootError(f"cannot enter workdir {opts.workdir}: {exc.strerror}{who}; pass --workdir DIR "
+                            "or set workdir in the config", EX_USAGE) from None
     try:
         app = load_app(opts.app)
     except AppImportError as exc:
@@ -129,8 +134,11 @@ def daemonized(opts, target: daemon.Identity | None, what: str, *, adopted: daem
     reported through the readiness pipe to a waiting `--detach` parent; the pid file is always
     released. `fresh=False` (a re-exec'd worker) skips what the first image already did."""
     if fresh:
-        daemon.make_dirs({opts.log_dir: 0o750, opts.pid_dir: 0o755, opts.state_dir: 0o750}, target)
-    logs.setup(opts, owner_uid=target.uid if target else None, owner_gid=target.gid if target else None)
+        check_paths(opts).create(target)
+    try:
+        logs.setup(opts, owner_uid=target.uid if target else None, owner_gid=target.gid if target else None)
+    except OSError as exc:  # checked above; this is for a race
+        raise BootError(f"cannot open log file {opts.logfile}: {exc.strerror or exc}", daemon.EX_CANTCREAT) from None
     pidfile = adopted
     if pidfile is None and opts.pidfile:
         pidfile = daemon.Pidfile(opts.pidfile)
@@ -148,23 +156,55 @@ def daemonized(opts, target: daemon.Identity | None, what: str, *, adopted: daem
         if readiness is not None:
             readiness.fail(str(exc), exc.exit_code)
         raise
+    except Exception as exc:  # the waiting parent hears why, not "exited before it was ready"
+        if readiness is not None:
+            readiness.fail(f"{type(exc).__name__}: {exc}")
+        raise
     finally:
         if pidfile is not None:
             pidfile.release()
 
 
+def check_paths(opts) -> daemon.BootPaths:
+    """Every path the boot touches, in the order it touches them (see the module docstring):
+    the service directories, the log file, the pid file, then the workdir that --detach enters.
+    Raises one DaemonError for the first that cannot be used; nothing is created until all are
+    fine. As root the service directories are created and handed to the service user; a user
+    who is not root skips a default one (not configured) that it may not create, since the run
+    only needs the directories its own log and pid files are in."""
+    paths = daemon.BootPaths()
+    who, root = paths.who, os.geteuid() == 0
+    for key, flag, mode in (("log_dir", "--log-dir", 0o750), ("pid_dir", "--pid-dir", 0o755),
+                            ("state_dir", "--state-dir", 0o750)):
+        fix = f"pass {flag} DIR" + ("" if root else f" (a directory user {who} may create or write)")
+        path = getattr(opts, key)
+        paths.directory(path, mode, f"{key} {path}", fix, required=root or key in opts.given_dirs, owned=True)
+    can = "" if root else f" in a directory user {who} can write"
+    if opts.logfile:
+        for index in (None, 1):  # the master's file, and a child's when %i/%I are in a directory name
+            paths.file(expand(opts.logfile, opts.node, opts.owner.partition("@")[2], index), "log file",
+                       f"choose a --logfile{can}", dir_mode=0o750)
+    if opts.pidfile:
+        paths.file(opts.pidfile, "pid file", f"choose a --pidfile{can}")
+    if opts.detach:
+        paths.enter(opts.workdir, "pass --workdir DIR or set workdir in the config", EX_USAGE)
+    return paths
+
+
 def connect_broker(app) -> Broker:
-    """The service's own connection, made before privileges are dropped (everything it imports
-    is loaded then), with short timeouts so a Redis outage never stalls a loop."""
+    """The service's one Broker, connected before privileges are dropped (everything it imports
+    is loaded then), with short timeouts so a Redis outage never stalls a loop. The worker's
+    master, its control channel and the children it forks (or `-P solo`'s consumer) all use it;
+    retries=0: the loops handle reconnects (and their at-least-once consequences) themselves."""
     url = app.broker_url
     try:
         client = connect(url, retries=0, socket_timeout=3.0)
         client.ping()
     except BrokerURLError as exc:
         raise BootError(str(exc), EX_USAGE) from None
-    except (redis.RedisError, OSError) as exc:
-        raise BootError(f"cannot reach broker {redact(url)}: {exc}", EX_UNAVAILABLE) from None
-    return Broker(url, app.namespace, result_ttl=app.result_ttl, client=client)
+    except (RedisError, OSError) as exc:
+        raise BootError(f"cannot reach broker {redact(url)}: {error_text(exc)}", EX_UNAVAILABLE) from None
+    return app.connect_broker(client=client)
 
 
 def become(target: daemon.Identity | None, allow_root: bool, what: str) -> None:

@@ -12,13 +12,14 @@ import fcntl
 import grp
 import os
 import pwd
+import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from qdeploy.defaults import EX_CANTCREAT, EX_NOPERM
 
-EX_CANTCREAT = 73  # sysexits.h: a live pid file means "cannot create output file"
-EX_NOPERM = 77
+# EX_CANTCREAT (73: a live pid file, "cannot create output file") and EX_NOPERM (77)
 
 
 class DaemonError(Exception):
@@ -161,6 +162,121 @@ def make_dirs(dirs: dict[str, int], owner: Identity | None) -> None:
             raise DaemonError(f"cannot create directory {path}: {exc.strerror}") from None
 
 
+def user_name() -> str:
+    """Who this process is, for messages ("not writable by user nobody")."""
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return f"uid {os.geteuid()}"
+
+
+def _can(path: Path, mode: int) -> bool:
+    return os.access(path, mode, effective_ids=os.access in os.supports_effective_ids)
+
+
+def _kind(path: Path) -> tuple[str, str]:
+    """("dir" | "file" | "missing" | "unreachable" | "notdir", why) — never raises."""
+    try:
+        return ("dir" if stat.S_ISDIR(os.stat(path).st_mode) else "file"), ""
+    except FileNotFoundError:
+        return "missing", ""
+    except NotADirectoryError:
+        culprit = next((p for p in reversed(path.parents) if os.path.exists(p) and not os.path.isdir(p)), None)
+        return "notdir", f"{culprit or 'a parent of ' + str(path)} is not a directory"
+    except OSError as exc:
+        for parent in reversed(path.parents):  # the directory in the way, from the top
+            if os.path.isdir(parent) and not _can(parent, os.X_OK):
+                by = f" by user {user_name()}" if os.geteuid() else ""
+                return "unreachable", f"{parent} is not searchable{by}"
+        return "unreachable", f"cannot reach {path} ({exc.strerror})"
+
+
+class BootPaths:
+    """The paths a service's boot uses, checked in the boot's order before any of them is
+    touched. Each check raises one DaemonError for a path that cannot be used (which path, why,
+    what to do) and creates nothing; `create()` then makes the missing directories. A directory
+    that an earlier check will create counts as usable by the later ones (workdir = state_dir)."""
+
+    def __init__(self):
+        self.planned: dict[Path, int] = {}  # directory -> mode, in the order they are created
+        self.owned: dict[Path, int] = {}  # the service's own directories: as root, handed to its user
+        self.who = user_name()
+
+    def _not_writable(self, path: Path) -> str:
+        return f"{path} is not writable" + (f" by user {self.who}" if os.geteuid() != 0 else "")
+
+    def _creatable(self, path: Path) -> str:
+        """Why directory `path` cannot be created (mkdir -p), or "" when it can."""
+        parent = path.parent
+        while (found := _kind(parent))[0] == "missing" and parent not in self.planned and parent != parent.parent:
+            parent = parent.parent
+        if parent in self.planned:
+            return ""
+        if found[0] == "dir":
+            return "" if _can(parent, os.W_OK | os.X_OK) else self._not_writable(parent)
+        return found[1] or f"{parent} is not a directory"
+
+    def directory(self, path: str, mode: int, what: str, fix: str, *, required: bool = True,
+                  owned: bool = False) -> bool:
+        """Directory `path` (`what` names it in the message) exists or can be created. An
+        optional one that cannot is skipped (returns False); a required one raises. `owned`: one
+        of the service's own directories, given to the service user (as root) even when it
+        exists already."""
+        p = Path(os.path.abspath(path))
+        kind, why = _kind(p)
+        if kind == "missing" and p not in self.planned:
+            why = self._creatable(p)
+            if not why:
+                self.planned[p] = mode
+        if kind == "dir" or p in self.planned:
+            if owned:
+                self.owned[p] = mode
+            return True
+        if kind == "file":
+            why = f"{p} exists and is not a directory"
+        if not required:
+            return False
+        raise DaemonError(f"cannot create {what}: {why}; {fix}", EX_CANTCREAT)
+
+    def file(self, path: str, what: str, fix: str, dir_mode: int = 0o755) -> None:
+        """File `path` can be opened for writing, or created (its directory too, when missing)."""
+        p = Path(os.path.abspath(path))
+        kind, why = _kind(p)
+        if kind == "file":
+            if _can(p, os.W_OK):
+                return
+            why = self._not_writable(p)
+        elif kind == "dir":
+            why = f"{p} is a directory"
+        elif kind in ("missing", "unreachable"):
+            parent_kind, parent_why = _kind(p.parent)
+            if parent_kind == "dir":
+                if _can(p.parent, os.W_OK | os.X_OK):
+                    if kind == "missing":
+                        return
+                else:
+                    why = f"directory {self._not_writable(p.parent)}"
+            elif parent_kind == "missing" or p.parent in self.planned:
+                self.directory(str(p.parent), dir_mode, f"directory {p.parent} for {what} {path}", fix)
+                return
+            else:
+                why = parent_why or f"{p.parent} is not a directory"
+        raise DaemonError(f"cannot write {what} {path}: {why}; {fix}", EX_CANTCREAT)
+
+    def enter(self, path: str, fix: str, code: int) -> None:
+        """`path` is a directory this process can change into (the workdir)."""
+        p = Path(os.path.abspath(path))
+        kind, why = _kind(p)
+        if p in self.planned or (kind == "dir" and _can(p, os.X_OK)):
+            return
+        why = {"dir": f"{p} is not searchable" + (f" by user {self.who}" if os.geteuid() else ""),
+               "missing": f"{p} does not exist", "file": f"{p} is not a directory"}.get(kind, why)
+        raise DaemonError(f"cannot enter workdir {path}: {why}; {fix}", code)
+
+    def create(self, owner: Identity | None) -> None:
+        make_dirs({str(p): mode for p, mode in {**self.owned, **self.planned}.items()}, owner)
+
+
 def drop_privileges(target: Identity) -> None:
     """setgid → initgroups → setuid, then prove that root cannot be regained."""
     if os.getuid() == target.uid and os.geteuid() == target.uid and os.getgid() == target.gid:
@@ -224,13 +340,18 @@ def detach(workdir: str, umask: int, timeout: float, what: str = "service") -> R
     os.setsid()
     if os.fork() > 0:
         os._exit(0)
+    readiness = Readiness(write_end)
     os.umask(umask)
-    os.chdir(workdir)
+    try:
+        os.chdir(workdir)  # checked before detaching (BootPaths.enter); this is for a race
+    except OSError as exc:
+        readiness.fail(f"cannot enter workdir {workdir}: {exc.strerror}", 2)
+        os._exit(2)
     null = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(null, fd)
     os.close(null)
-    return Readiness(write_end)
+    return readiness
 
 
 def _wait_for_daemon(fd: int, timeout: float, what: str) -> int:
@@ -249,6 +370,9 @@ def _wait_for_daemon(fd: int, timeout: float, what: str) -> int:
         data += chunk
     if data == b"ok\n":
         return 0
-    _, code, reason = data.decode(errors="replace").strip().split(" ", 2) if data.startswith(b"fail ") else ("", "1", "")
+    code, _, reason = data.decode(errors="replace").strip().removeprefix("fail ").partition(" ")
+    if not data.startswith(b"fail "):
+        code, reason = "1", ""
+    reason = "".join(c if c.isprintable() else "?" for c in reason)[:2000]  # it crossed a process
     print(f"qdeploy: error: {reason or f'the {what} exited before it was ready'}", file=sys.stderr)
-    return int(code) if code.isdigit() and int(code) else 1
+    return int(code) if code.isascii() and code.isdigit() and 0 < int(code) < 256 else 1
