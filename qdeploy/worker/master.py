@@ -125,10 +125,13 @@ class Master:
                 self.read_events(key.data)
 
     def _until_next_deadline(self) -> float:
+        # Only deadlines still ahead of something to do: a passed respawn time, or the limits of a
+        # child already being killed, would keep the selector's timeout at 0 (a busy loop).
         now = time.monotonic()
-        deadlines = [t.deadline for c in self.children.values() for t in c.tasks.values() if t.deadline]
-        deadlines += [c.stop_by for c in self.children.values() if c.stop_by]
-        if self.respawn_at:
+        live = [c for c in self.children.values() if not c.killed_for]
+        deadlines = [t.deadline for c in live for t in c.tasks.values() if t.deadline]
+        deadlines += [c.stop_by for c in live if c.stop_by]
+        if self.respawn_at > now:
             deadlines.append(self.respawn_at)
         if self.opts.max_memory_per_child_hard:
             deadlines.append(self._next_memory_check)

@@ -1,4 +1,5 @@
-"""A non-editable install (the wheel) carries the templates: `qdeploy render` works from it."""
+"""A non-editable install (the wheel) carries the templates and the Lua scripts: `qdeploy render` works
+from it, and so does every script the broker loads."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ def test_render_from_the_installed_wheel(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     templates = sorted(p.name for p in (REPO / "templates").iterdir())
     assert all(f"qdeploy/templates/{name}" in names for name in templates)
+    scripts = sorted(p.name for p in (REPO / "qdeploy" / "core" / "lua").glob("*.lua"))
+    assert scripts and all(f"qdeploy/core/lua/{name}" in names for name in scripts)
 
     # A venv that sees the test interpreter's dependencies, with qdeploy itself from the wheel only.
     env_dir = tmp_path / "venv"
@@ -33,6 +36,12 @@ def test_render_from_the_installed_wheel(tmp_path):
     where = subprocess.run([str(python), "-c", "import qdeploy; print(qdeploy.__file__)"],
                            capture_output=True, text=True, check=True, cwd=tmp_path, env=clean)
     assert where.stdout.startswith(str(env_dir))
+    # the scripts as the broker reads them (importlib.resources; redis-py is not in this venv)
+    loaded = subprocess.run([str(python), "-c", "from importlib import resources; "
+                             "d = resources.files('qdeploy.core').joinpath('lua'); "
+                             "print(' '.join(sorted(p.name for p in d.iterdir() if p.read_text().strip())))"],
+                            capture_output=True, text=True, cwd=tmp_path, env=clean)
+    assert loaded.returncode == 0 and loaded.stdout.split() == scripts, loaded.stderr
     result = subprocess.run([str(env_dir / "bin" / "qdeploy"), "render", "--nodes", "3"],
                             capture_output=True, text=True, cwd=tmp_path, env=clean)
     assert result.returncode == 0, result.stderr

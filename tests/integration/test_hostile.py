@@ -28,8 +28,23 @@ def happ(redis_server, namespace):
     return App("hostile", broker=redis_server.url, namespace=namespace)
 
 
+_started: list[Master] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_master_outlives_its_test():
+    yield
+    while _started:
+        master = _started.pop()
+        if master.proc.poll() is None:
+            master.proc.kill()
+            master.proc.wait(10)
+
+
 def start(redis_url, namespace, tmp_path, *args, **kw) -> Master:
-    return Master(redis_url, namespace, tmp_path, "--allow-root", "-A", HOSTILE, *args, **kw)
+    master = Master(redis_url, namespace, tmp_path, "--allow-root", "-A", HOSTILE, *args, **kw)
+    _started.append(master)
+    return master
 
 
 def dead(broker) -> list[dict]:
@@ -248,3 +263,20 @@ def test_a_result_ttl_of_zero_keeps_results_forever(redis_server, namespace, rcl
         proc.terminate()
         out = proc.communicate(timeout=15)[0]
     assert "invalid expire time" not in out, out
+
+
+def test_an_idle_master_sleeps_after_a_child_failed(redis_server, namespace, tmp_path):
+    """A child that dies before its first task sets a respawn back-off; once that time has
+    passed (and the slot refilled), the master must go back to sleeping in its selector, not
+    poll it with a zero timeout (it once spun at 60 % CPU for as long as it lived)."""
+    import psutil
+
+    m = start(redis_server.url, namespace, tmp_path, "-c", "1").ready()
+    [child] = m.children()
+    child.kill()  # no task done yet: counted as a failure, respawned after a back-off
+    wait_until(lambda: [c.pid for c in m.children()] not in ([], [child.pid]), 10, what="the replacement")
+    time.sleep(1.0)
+    master = psutil.Process(m.pid)
+    before = sum(master.cpu_times()[:2])
+    time.sleep(2.0)
+    assert sum(master.cpu_times()[:2]) - before < 0.3, "the idle master is busy-looping"
