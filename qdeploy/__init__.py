@@ -6,14 +6,23 @@ __version__ = "0.1.0"
 
 defer_redis_asyncio()  # ~25 ms of start-up that qdeploy never uses (see _imports.py)
 
-__all__ = ["App", "AsyncResult", "__version__"]
+# Celery's task API under Celery's names (`from qdeploy import Celery, Task, chain`): name -> module
+_LAZY = {
+    "App": "qdeploy.core.app", "Celery": "qdeploy.core.app", "current_app": "qdeploy.core.app",
+    "Task": "qdeploy.core.task", "Retry": "qdeploy.core.task", "SoftTimeLimitExceeded": "qdeploy.core.task",
+    "TimeLimitExceeded": "qdeploy.core.task", "MaxRetriesExceededError": "qdeploy.core.task",
+    "AsyncResult": "qdeploy.core.results", "GroupResult": "qdeploy.core.groupresult",
+    "Signature": "qdeploy.core.canvas", "signature": "qdeploy.core.canvas", "maybe_signature": "qdeploy.core.canvas",
+    "chain": "qdeploy.core.canvas", "group": "qdeploy.core.canvas", "chord": "qdeploy.core.canvas",
+    "chunks": "qdeploy.core.canvas", "ChordError": "qdeploy.core.canvas",
+}
+__all__ = [*_LAZY, "__version__"]
 
 
 def __getattr__(name):  # lazy, so `import qdeploy` (e.g. for the CLI) stays cheap
-    if name == "App":
-        from qdeploy.core.app import App
-        return App
-    if name == "AsyncResult":
-        from qdeploy.core.results import AsyncResult
-        return AsyncResult
-    raise AttributeError(f"module 'qdeploy' has no attribute {name!r}")
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'qdeploy' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), "App" if name == "Celery" else name)

@@ -24,6 +24,7 @@ from qdeploy.beat.store import BeatStore
 from qdeploy.core.broker import Broker
 from qdeploy.core.connection import RedisError
 from qdeploy.defaults import EX_USAGE
+from qdeploy.ops import httpd, metrics
 from qdeploy.service import boot as service
 from qdeploy.service import logs
 from qdeploy.service.sdnotify import Notifier
@@ -66,6 +67,11 @@ def run(opts: BeatOptions) -> int:
     target = service.identity(opts, "beat")
     with service.daemonized(opts, target, "beat") as (readiness, _):
         broker = service.connect_broker(app)
+        if opts.config["beat.metrics_port"]:
+            try:
+                metrics.require_client()  # while we may still read the venv (as the worker does)
+            except ImportError:
+                pass  # serve_metrics says so
         service.become(target, opts.allow_root, "beat")
         return serve(app, opts, broker, entries, tz, notifier, readiness)
 
@@ -81,6 +87,10 @@ def serve(app, opts: BeatOptions, broker: Broker, entries: dict, tz, notifier: N
                 lock_timeout=cfg["beat.lock_timeout"] or 30.0, max_interval=cfg["beat.max_interval"] or 5.0,
                 misfire_grace=cfg["beat.misfire_grace"], holder=f"{socket.gethostname()}:{os.getpid()}")
     stop: list[int] = []
+    server = serve_metrics(beat, cfg)
+    from qdeploy.core.signals import beat_init
+
+    beat_init.send(sender=beat)
 
     def handle_signals() -> None:
         while signals:
@@ -123,8 +133,34 @@ def serve(app, opts: BeatOptions, broker: Broker, entries: dict, tz, notifier: N
         beat.resign()
     except RedisError as exc:
         log.warning("could not release the leader lock (%s); it expires by itself", exc)
+    if server is not None:
+        server.close()
     log.info("beat %s stopped (%d sent)", beat.holder, beat.sent)
     return 0
+
+
+def serve_metrics(beat: Beat, cfg):
+    """beat's /metrics (leader or not, runs sent per entry) on beat.metrics_port, served from
+    the clock's selector while the loop sleeps; None when off or the port cannot be bound."""
+    port = cfg["beat.metrics_port"]
+    if not port:
+        return None
+    try:
+        metrics.require_client()
+        sock = httpd.listen(cfg["metrics_bind"], port)
+    except (ImportError, OSError) as exc:
+        log.error("metrics: not serving on %s:%d: %s", cfg["metrics_bind"], port, exc)
+        return None
+    registry = metrics.registry_for(metrics.BeatCollector(beat))
+
+    def page() -> tuple[int, str, bytes]:
+        body, ctype = metrics.exposition(registry)
+        return 200, ctype, body
+
+    server = httpd.HttpServer(beat.clock.selector, sock, {"/metrics": page})
+    beat.clock.tickers.append(server.tick)
+    log.info("metrics: serving /metrics on %s:%d", cfg["metrics_bind"], port)
+    return server
 
 
 def reload_config(beat: Beat, app, opts: BeatOptions) -> None:

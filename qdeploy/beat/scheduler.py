@@ -22,6 +22,7 @@ import logging
 import os
 import selectors
 import socket
+import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, tzinfo
@@ -40,6 +41,7 @@ class SystemClock:
 
     def __init__(self, wakeup_fd: int | None = None):
         self.selector = selectors.DefaultSelector()
+        self.tickers: list[Callable[[], None]] = []  # called while sleeping (the metrics server's timeouts)
         if wakeup_fd is not None:
             self.selector.register(wakeup_fd, selectors.EVENT_READ)
 
@@ -50,12 +52,25 @@ class SystemClock:
         return None
 
     def sleep(self, seconds: float) -> None:
-        for key, _ in self.selector.select(max(0.0, seconds)):
-            try:
-                while os.read(key.fd, 512):
+        """Sleep, serving the metrics server's sockets (their `data` is a callable) meanwhile;
+        a signal (the wake-up fd) ends the sleep early, a scrape does not."""
+        deadline = time.monotonic() + seconds
+        while True:
+            woke = False
+            for key, mask in self.selector.select(max(0.0, deadline - time.monotonic())):
+                if callable(key.data):
+                    key.data(mask)
+                    continue
+                woke = True
+                try:
+                    while os.read(key.fd, 512):
+                        pass
+                except (BlockingIOError, InterruptedError):
                     pass
-            except (BlockingIOError, InterruptedError):
-                pass
+            for tick in self.tickers:
+                tick()
+            if woke or time.monotonic() >= deadline:
+                return
 
 
 class Beat:
@@ -75,6 +90,7 @@ class Beat:
         self.entries: dict[str, Entry] = dict(static)
         self.disabled: set[str] = set()
         self.sent = 0
+        self.runs: dict[str, int] = {}  # entry -> runs this process sent (qdeploy_beat_runs_total)
         self.next_runs: dict[str, datetime] = {}
         self._reported: set[str] = set()  # bad dynamic entries already logged
 
@@ -187,6 +203,7 @@ class Beat:
             log.info("%s (slot %s) was already sent by another beat", entry.name, _show(slot))
             return False
         self.sent += 1
+        self.runs[entry.name] = self.runs.get(entry.name, 0) + 1
         log.info("sent %s: %s[%s] to %s (slot %s%s)", entry.name, entry.task, env.id, env.queue,
                  _show(slot), ", catching up on missed slots" if late else "")
         return True

@@ -27,6 +27,8 @@ COMMAND_MODULES = {
     "dead-letter": "ops",
     "purge": "ops",
     "dashboard": "ops",
+    "health": "observe",
+    "events": "observe",
     "package": "package",
     "verify": "verify",
 }

@@ -125,11 +125,20 @@ INSPECT_ROWS = {
                                   "eta": datetime.datetime.fromtimestamp(r["eta"]).isoformat(" ", "seconds")} for r in result],
     "stats": lambda r: [{"pid": r["pid"], "pool": r["pool"], "busy": r["busy"], "tasks_done": r["tasks_done"],
                          "uptime": _age(r["uptime"]), "rss_kib": r["rss_kib"] + r["children_rss_kib"],
+                         "child_exits": _exits(r.get("child_exits")),
                          "detail": "stopping" if r.get("stopping") else None}],
     "registered": lambda r: [{"task": name, "detail": ", ".join(f"{k}={v}" for k, v in opts.items() if v is not None)}
                              for name, opts in r["tasks"].items()],
     "queues": lambda r: [{"queues": r["queues"]}],
 }
+
+
+def _exits(counts) -> str:
+    """`max_tasks=3 crash=1` from a node's child_exits (it crossed the network: anything else is -)."""
+    if not isinstance(counts, dict):
+        return "-"
+    shown = [f"{k}={v}" for k, v in counts.items() if isinstance(k, str) and isinstance(v, int) and v]
+    return " ".join(shown)[:200] or "none"
 
 
 @click.command()
@@ -148,7 +157,8 @@ def inspect(what, destination, timeout, target, as_json):
 
 
 @click.command()
-@click.argument("command", type=click.Choice(["ping", "shutdown", "pool-grow", "pool-shrink", "rate-limit", "revoke"]))
+@click.argument("command", type=click.Choice(["ping", "shutdown", "pool-grow", "pool-shrink", "rate-limit", "revoke",
+                                              "enable_events", "disable_events"]))
 @click.argument("args", nargs=-1)
 @click.option("--terminate", is_flag=True, help="revoke: also kill the child running the task (its slot restarts).")
 @destination_option
@@ -157,7 +167,7 @@ def inspect(what, destination, timeout, target, as_json):
 @json_option
 def control(command, args, terminate, destination, timeout, target, as_json):
     """Tell live nodes: ping | shutdown | pool-grow [N] | pool-shrink [N] | rate-limit TASK RATE |
-    revoke ID... [--terminate].
+    revoke ID... [--terminate] | enable_events | disable_events (`qdeploy events`).
 
     \b
     rate-limit TASK 10/s   (or 100/m, 5/h; 0 removes it): the node's children are recycled

@@ -170,7 +170,7 @@ def _show(res, timeout, as_json, with_traceback) -> int:
         except ResultTimeout:
             fail("result", f"task {res.id} not ready after {timeout}s (state {res.state})",
                  EXIT_TIMEOUT)
-    meta = res.info
+    meta = res.meta
     if as_json:
         click.echo(json.dumps(dict(meta, id=res.id)))
     elif meta["state"] == "FAILURE":  # a task's error may quote a URL: redacted like ours

@@ -22,9 +22,10 @@ WORKER_KEYS = [s.key for s in SETTINGS if s.flag and (s.per_node or s.key in SER
               help="Spread max-tasks-per-child by ± this fraction so children don't recycle together.")
 @click.option("--max-memory-per-child-hard", metavar="SIZE", default=None,
               help="Kill a child mid-task above this memory (KiB or 1G); its task is requeued.")
+@click.option("-E", "task_events_flag", is_flag=True, help="Publish task events (as --task-events; Celery's -E).")
 @setting_options(WORKER_KEYS)
 def worker(config_file, node, hostname, uid, gid, allow_root, pidfile, logfile, log_format, detach,
-           max_tasks_jitter, max_memory_per_child_hard, **settings):
+           max_tasks_jitter, max_memory_per_child_hard, task_events_flag, **settings):
     """Run a worker node: a master that forks and supervises N consuming children."""
     from qdeploy.generator.datatypes import size_kib
     from qdeploy.worker import boot, options
@@ -43,7 +44,7 @@ def worker(config_file, node, hostname, uid, gid, allow_root, pidfile, logfile, 
         opts = options.resolve(
             cfg, node, name=name or None, hostname=None if host in ("", "%h") else host, uid=uid, gid=gid, allow_root=allow_root,
             pidfile=pidfile, logfile=logfile, log_format=log_format, detach=detach,
-            max_tasks_jitter=max_tasks_jitter, max_memory_per_child_hard=hard,
+            max_tasks_jitter=max_tasks_jitter, max_memory_per_child_hard=hard, task_events=task_events_flag,
         )
         raise SystemExit(boot.run(opts))
     except ConfigError as exc:

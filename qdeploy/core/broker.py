@@ -70,7 +70,7 @@ class Broker:
         reg = self.client.register_script
         self._reserve, self._retry, self._dead = reg(lua("reserve")), reg(lua("retry")), reg(lua("dead_letter"))
         self._requeue, self._recover = reg(lua("requeue_consumer")), reg(lua("recover_dead"))
-        self._publish_one = reg(lua("publish_one"))
+        self._publish_one, self._publish_unique = reg(lua("publish_one")), reg(lua("publish_unique"))
         self._static: dict[tuple, tuple[list, list]] = {}
 
     def script(self, name: str):
@@ -81,20 +81,21 @@ class Broker:
         return bool(self.client.ping())
 
     # -- producer ----------------------------------------------------------------------------
-    def publish(self, items, chunk: int = 5000) -> None:
+    def publish(self, items, chunk: int = 5000, prelude: list | tuple = ()) -> None:
         """Store and queue (id, queue, eta, body) tuples: per chunk one MULTI with one HSET, one
         LPUSH per queue and one ZADD per queue with future ETAs, i.e. one round trip, atomic
-        (a body is never queued without being stored) and order-preserving."""
+        (a body is never queued without being stored) and order-preserving. `prelude`: commands
+        that go first into the first chunk's MULTI (a chord's counter, before its header tasks)."""
         items = list(items)
         now, keys = time.time(), self.keys
-        if len(items) == 1:  # `delay`: one EVALSHA, cheaper than MULTI/HSET/LPUSH/EXEC
+        if len(items) == 1 and not prelude:  # `delay`: one EVALSHA, cheaper than MULTI/HSET/LPUSH/EXEC
             task_id, queue, eta, body = items[0]
             later = eta is not None and eta > now
             target = keys.eta(queue) if later else keys.queue(queue)
             self.fast.evalsha(self._publish_one, 2, keys.msg, target, task_id, body,
                               repr(float(eta)) if later else "", spin=True)
             return
-        for start in range(0, len(items), chunk):
+        for start in range(0, max(len(items), 1), chunk):
             bodies: list = []
             ready: dict[str, list] = {}
             scheduled: dict[str, list] = {}
@@ -104,10 +105,23 @@ class Broker:
                     scheduled.setdefault(queue, []).extend((repr(float(eta)), task_id))
                 else:
                     ready.setdefault(queue, []).append(task_id)
-            commands = [("HSET", keys.msg, *bodies)]
+            commands = list(prelude) if start == 0 else []
+            commands += [("HSET", keys.msg, *bodies)] if bodies else []
             commands += [("LPUSH", keys.queue(queue), *ids) for queue, ids in ready.items()]
             commands += [("ZADD", keys.eta(queue), *pairs) for queue, pairs in scheduled.items()]
-            self.fast.transaction(commands)
+            if commands:
+                self.fast.transaction(commands)
+
+    def publish_unique(self, task_id: str, queue: str, eta: float | None, body: str, key: str,
+                       seconds: float) -> str | None:
+        """Publish one message unless the unique `key` is held (by a message still queued or
+        running): then nothing is sent and the holder's id is returned."""
+        keys = self.keys
+        later = eta is not None and eta > time.time()
+        first = self.fast.evalsha(self._publish_unique, 3, keys.msg, keys.eta(queue) if later else keys.queue(queue),
+                                  keys.unique(key), task_id, body, repr(float(eta)) if later and eta is not None else "",
+                                  repr(float(seconds)))
+        return first.decode() if first else None
 
     def revoke(self, task_id: str, result: str | None) -> None:
         pipe = self.client.pipeline(transaction=True)
@@ -120,13 +134,16 @@ class Broker:
     # -- consumer ----------------------------------------------------------------------------
     def reserve(self, cid: str, owner: str, queues: list[str], *, ack_id: str | None = None,
                 ack_result: str | None = None, track: bool = True,
-                claimed: str | bytes | None = None, leave: bool = False) -> Reserved | None:
+                claimed: str | bytes | None = None, leave: bool = False, ops: list | None = None,
+                rates: str = "") -> Reserved | None:
         """Ack `ack_id` (if given) then move the next due message into cid's in-flight list.
 
         Queues are tried in order (priority). Due ETA messages are promoted first. With an
         empty `queues` this is a plain ack. `claimed` is an id `wait()` already moved into the
         in-flight list: it gets the reservation bookkeeping (delivery count, RECEIVED...).
         `leave` (with empty `queues`): then give back anything still held and unregister.
+        `ops`: follow-up operations (qdeploy.core.workflow.encode_ops) carried out with the ack.
+        `rates`: the fleet-wide rate limits to apply when reserving (see `rate_table`).
         """
         static = self._static.get((cid, owner, tuple(queues), track))
         if static is None:  # the keys and constant arguments, encoded once per consumer
@@ -139,7 +156,7 @@ class Broker:
                 self._static.clear()
             self._static[(cid, owner, tuple(queues), track)] = static
         reply = self.fast.evalsha(self._reserve, *static[0], ack_id or b"", ack_result or b"", *static[1],
-                                  claimed or b"", b"1" if leave else b"")
+                                  claimed or b"", b"1" if leave else b"", rates, *(ops or ()))
         if not reply:
             return None
         msg_id, body, count, revoked, index = reply
@@ -163,8 +180,12 @@ class Broker:
     def close(self) -> None:
         self.fast.close()
 
-    def ack(self, cid: str, task_id: str, result: str | None = None) -> None:
-        self.reserve(cid, cid, [], ack_id=task_id, ack_result=result)
+    def ack(self, cid: str, task_id: str, result: str | None = None, ops: list | None = None) -> None:
+        self.reserve(cid, cid, [], ack_id=task_id, ack_result=result, ops=ops)
+
+    def carry_out(self, cid: str, ops: list) -> None:
+        """Follow-up operations without an ack (a task acked before it ran: acks_late=False)."""
+        self.reserve(cid, cid, [], ops=ops)
 
     def retry(self, cid: str, task_id: str, queue: str, body: str, eta: float | None,
               result: str | None = None) -> None:

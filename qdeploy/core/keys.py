@@ -16,9 +16,23 @@ generated from the same templates, so the Python and the Lua side cannot drift a
     ns:dead               list    dead-letter records (JSON, newest first, capped)
     ns:r:<id>             string  result record (JSON), expires after result_ttl
     ns:revoked:<id>       string  revocation mark, expires after result_ttl
+    ns:chord:<gid>        hash    a chord: header task id -> its index, and " n", " bid"... (meta)
+    ns:chordr:<gid>       hash    a chord's header results: index -> result JSON (HLEN = done)
+    ns:uniq:<key>         string  the id of the message a unique send is held by (TTL unique_for)
+    ns:group:<gid>        string  a saved GroupResult's member ids (JSON), expires after result_ttl
+    ns:rate               hash    task name -> next allowed start of its fleet-wide rate limit ("<task> tail")
+    ns:rate:slots         hash    id -> the rate-limit slot a deferred message holds
     ns:ctl                channel control requests (ids only)
     ns:ctl:req:<rid>      string  one control request, expiring with its timeout
     ns:ctl:reply:<rid>    list    the nodes' replies to it
+    ns:ev                 channel task and worker events (JSON, qdeploy.ops.events)
+    ns:hist:rec           hash    task history: id -> record (qdeploy.ops.history: tab-separated, capped)
+    ns:hist:t             zset    history ids by start time
+    ns:hist:c:<combo>     zset    history ids of one "state<TAB>node<TAB>name", by start time
+    ns:hist:combos        zset    the combos that have ids (score 0, lexical)
+    ns:hist:slow          zset    the slowest finished tasks of the history (capped), by run time
+    ns:hist:m:<minute>    hash    per-minute counts and run-time buckets (charts), expire after 2 days
+    ns:hist:q             zset    queue depth samples (JSON), by time; ns:hist:audit: list, dashboard actions
     ns:beat:*             beat's lock, anchors, runs and dynamic entries (qdeploy.beat.store)
 """
 
@@ -37,9 +51,24 @@ TEMPLATES: dict[str, str] = {
     "node": "node:{}",
     "result": "r:{}",
     "revoked": "revoked:{}",
+    "chord": "chord:{}",
+    "chord_results": "chordr:{}",
+    "unique": "uniq:{}",
+    "group": "group:{}",
+    "rate": "rate",
+    "rate_slots": "rate:slots",
     "control": "ctl",
     "control_request": "ctl:req:{}",
     "control_reply": "ctl:reply:{}",
+    "events": "ev",
+    "history": "hist:rec",
+    "history_time": "hist:t",
+    "history_combo": "hist:c:{}",
+    "history_combos": "hist:combos",
+    "history_slow": "hist:slow",
+    "history_minute": "hist:m:{}",
+    "history_queues": "hist:q",
+    "history_audit": "hist:audit",
     "beat_lock": "beat:lock",
     "beat_last": "beat:last",
     "beat_runs": "beat:runs",
@@ -49,13 +78,15 @@ TEMPLATES: dict[str, str] = {
 }
 
 # The keys a Lua script derives at run time (from the namespace in its ARGV).
-LUA_KEYS = ("msg", "dlv", "consumers", "dead", "queue", "inflight", "heartbeat", "result", "revoked")
+LUA_KEYS = ("msg", "dlv", "consumers", "dead", "queue", "eta", "inflight", "heartbeat", "result", "revoked",
+            "chord", "chord_results", "unique", "rate", "rate_slots")
 
 
-def _lua_helpers() -> str:
-    """`local function k_queue(ns, x) return ns .. ':q:' .. x end` and so on, from TEMPLATES."""
+def lua_helpers(names: tuple[str, ...] = LUA_KEYS) -> str:
+    """`local function k_queue(ns, x) return ns .. ':q:' .. x end` and so on, from TEMPLATES
+    (`names`: the keys a script needs, when not the protocol's: e.g. the task history's)."""
     lines = []
-    for name in LUA_KEYS:
+    for name in names:
         head, variable, tail = TEMPLATES[name].partition("{}")
         assert not tail, f"{name}: the variable part must come last"
         if variable:
@@ -65,14 +96,14 @@ def _lua_helpers() -> str:
     return "\n".join(lines) + "\n"
 
 
-LUA = _lua_helpers()
+LUA = lua_helpers()
 
 class Keys:
     """Key names of one namespace. Fixed keys are attributes (`keys.msg`); keys with a variable
     part are methods (`keys.queue("default")`); `keys.prefix("queue")` is for SCAN patterns."""
 
     __slots__ = ("ns", "msg", "dlv", "consumers", "dead", "control", "beat_lock", "beat_last",
-                 "beat_runs", "beat_entries", "beat_disabled", "beat_rev")
+                 "beat_runs", "beat_entries", "beat_disabled", "beat_rev", "rate", "rate_slots")
 
     def __init__(self, namespace: str):
         if not isinstance(namespace, str) or not namespace or any(c in namespace for c in "{}*?[] \n"):
@@ -85,6 +116,7 @@ class Keys:
         self.beat_lock, self.beat_last, self.beat_runs = fixed["beat_lock"], fixed["beat_last"], fixed["beat_runs"]
         self.beat_entries, self.beat_disabled = fixed["beat_entries"], fixed["beat_disabled"]
         self.beat_rev = fixed["beat_rev"]
+        self.rate, self.rate_slots = fixed["rate"], fixed["rate_slots"]
 
     def __repr__(self) -> str:
         return f"Keys({self.ns!r})"
@@ -113,6 +145,18 @@ class Keys:
 
     def revoked(self, task_id: str) -> str:
         return f"{self.ns}:revoked:{task_id}"
+
+    def chord(self, group_id: str) -> str:
+        return f"{self.ns}:chord:{group_id}"
+
+    def chord_results(self, group_id: str) -> str:
+        return f"{self.ns}:chordr:{group_id}"
+
+    def unique(self, key: str) -> str:
+        return f"{self.ns}:uniq:{key}"
+
+    def group(self, group_id: str) -> str:
+        return f"{self.ns}:group:{group_id}"
 
     def control_request(self, rid: str) -> str:
         return f"{self.ns}:ctl:req:{rid}"

@@ -15,9 +15,12 @@ import re
 import socket
 import time
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
-VERSION = 1
+VERSION = 2  # the newest envelope this code reads and writes
+VERSIONS = (1, 2)  # every version it reads; a newer one is left for a worker that can
 MAX_BODY = 16 * 1024 * 1024  # a message larger than this is refused, not parsed
+MAX_DEPTH = 16  # signatures nested in a message (callbacks of callbacks, chains in chords...)
 
 _ORIGIN = f"{socket.gethostname()}:{os.getpid()}"
 TASK_ID = re.compile(r"[!-~]{1,255}")  # visible ASCII: safe in every key, log line and event line
@@ -31,6 +34,14 @@ class MalformedMessage(ValueError):
     def __init__(self, reason: str):
         super().__init__(reason)
         self.reason = reason
+
+
+class UnsupportedVersion(MalformedMessage):
+    """A well-formed message of a newer envelope version: not ours to run, nor to dead-letter."""
+
+    def __init__(self, version: int):
+        super().__init__(f"envelope v{version} is newer than this worker reads (v{VERSIONS[0]}-v{VERSIONS[-1]})")
+        self.version = version
 
 
 @dataclass(slots=True)
@@ -48,7 +59,13 @@ class Envelope:
     ignore_result: bool = False
     created: float = 0.0
     origin: str = ""
-    v: int = VERSION
+    v: int = 1  # the version it was read as (encode writes v2 only when `ext` holds something)
+    # The v2 fields that are set (V2_FIELDS), read and written as attributes (`env.callbacks`):
+    # a plain message has none and pays nothing for them.
+    ext: dict | None = None
+
+    def is_v2(self) -> bool:
+        return bool(self.ext)
 
     def is_expired(self, now: float | None = None) -> bool:
         return self.expires is not None and (now if now is not None else time.time()) >= self.expires
@@ -57,6 +74,40 @@ class Envelope:
         data = asdict(self)
         data.update(retries=self.retries + 1, eta=eta)
         return Envelope(**data)
+
+    if TYPE_CHECKING:  # the v2 attributes: properties over `ext` (_v2_attribute), declared for mypy
+        headers: dict | None = None
+        parent_id: str | None = None
+        root_id: str | None = None
+        group: str | None = None
+        group_index: int | None = None
+        callbacks: list | tuple = ()  # link=: signatures called with the result
+        errbacks: list | tuple = ()  # link_error=
+        chain: list | tuple = ()  # the steps after this one, next first
+        chord: dict | None = None  # a chord header task: {"id", "body" (its id), "task", "errbacks"}
+        errback: dict | None = None  # this call is an error callback: {"request", "exc", "traceback"}
+        unique: str | None = None  # the unique-send key this message holds (released when it settles)
+
+
+def _empty(value) -> bool:
+    return value is None or (isinstance(value, (list, tuple, dict)) and not value)
+
+
+def _v2_attribute(name: str, default):
+    def get(self):
+        ext = self.ext
+        return ext.get(name, default) if ext else default
+
+    def set(self, value):
+        if _empty(value):
+            if self.ext:
+                self.ext.pop(name, None)
+        elif self.ext is None:
+            self.ext = {name: value}
+        else:
+            self.ext[name] = value
+
+    return property(get, set)
 
 
 def new_id() -> str:
@@ -71,7 +122,7 @@ def new_id() -> str:
 def build(task: str, args=(), kwargs=None, *, queue: str, task_id: str | None = None,
           eta: float | None = None, expires: float | None = None, retries: int = 0,
           max_retries: int | None = None, limits: dict | None = None,
-          ignore_result: bool = False) -> Envelope:
+          ignore_result: bool = False, **v2) -> Envelope:
     """A new envelope for `task`, every option checked here, at the producer: TypeError for a
     value of the wrong type, ValueError for one out of range. `args` must be JSON-serialisable
     (checked by `encode`)."""
@@ -95,10 +146,22 @@ def build(task: str, args=(), kwargs=None, *, queue: str, task_id: str | None = 
         limits[key] = check_number(LIMITS[key], limits[key], minimum=0.0)
     if not isinstance(ignore_result, bool):
         raise TypeError(f"ignore_result must be True or False, not {type(ignore_result).__name__}")
+    extra = None
+    if v2:
+        unknown = v2.keys() - V2_FIELDS
+        if unknown:
+            raise TypeError(f"unknown envelope fields {sorted(unknown)}")
+        extra = {k: v for k, v in v2.items() if not _empty(v)} or None
+        if extra:
+            try:
+                _check_v2(extra)
+            except MalformedMessage as exc:
+                raise ValueError(exc.reason) from None
     return Envelope(id=task_id or new_id(), task=task, args=list(args), kwargs=dict(kwargs or {}),
                     queue=queue, eta=eta, expires=expires, retries=retries,
                     max_retries=max_retries, limits={k: v for k, v in limits.items() if v is not None},
-                    ignore_result=ignore_result, created=time.time(), origin=_ORIGIN)
+                    ignore_result=ignore_result, created=time.time(), origin=_ORIGIN, v=2 if extra else 1,
+                    ext=extra)
 
 
 def _is_task_name(name: str) -> bool:
@@ -135,17 +198,39 @@ def check_count(what: str, value) -> int:
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 
 
-def encode(env: Envelope) -> str:
-    """Compact JSON; raises TypeError naming the field when a value is not JSON."""
-    data = {"v": env.v, "id": env.id, "task": env.task, "args": env.args, "kwargs": env.kwargs,
+def encode(env: Envelope, version: int | None = None) -> str:
+    """Compact JSON; raises TypeError naming the field when a value is not JSON. A message that
+    needs nothing of v2 is written as v1, byte for byte what the previous release wrote, so a
+    worker of that release still runs it during a rolling upgrade; `version=1` refuses a
+    message that needs v2 (`app.conf.task_protocol = 1`)."""
+    v2 = bool(env.ext)
+    if v2 and version == 1:
+        raise ValueError(f"task {env.task!r}: this message needs envelope v2 ({', '.join(_v2_fields(env))}), "
+                         "but app.conf.task_protocol is 1 (set while workers of the previous release run)")
+    data = {"v": 2 if v2 else 1, "id": env.id, "task": env.task, "args": env.args, "kwargs": env.kwargs,
             "queue": env.queue, "eta": env.eta, "expires": env.expires, "retries": env.retries,
             "max_retries": env.max_retries, "limits": env.limits,
             "ignore_result": env.ignore_result, "created": env.created, "origin": env.origin}
+    if v2:
+        data.update(_v2_fields(env))
     try:
         return _dumps(data)
     except (TypeError, ValueError) as exc:
         raise TypeError(f"task {env.task!r}: arguments must be JSON-serialisable ({exc})") from None
 
+
+def _v2_fields(env: Envelope) -> dict:
+    ext = env.ext or {}
+    return {name: list(ext[name]) if isinstance(ext[name], tuple) else ext[name] for name in _V2_ORDER
+            if name in ext and not _empty(ext[name])}
+
+
+V2_FIELDS = frozenset({"headers", "parent_id", "root_id", "group", "group_index", "callbacks", "errbacks",
+                       "chain", "chord", "errback", "unique"})
+_V2_ORDER = ("headers", "parent_id", "root_id", "group", "group_index", "callbacks", "errbacks", "chain", "chord",
+             "errback", "unique")
+for _name in _V2_ORDER:
+    setattr(Envelope, _name, _v2_attribute(_name, () if _name in ("callbacks", "errbacks", "chain") else None))
 
 # field -> (accepted types, required)
 _NUM = (int, float)
@@ -156,6 +241,10 @@ _SCHEMA: dict[str, tuple[tuple[type, ...], bool]] = {
     "max_retries": ((int, type(None)), False), "limits": ((dict,), False),
     "ignore_result": ((bool,), False), "created": (_NUM, False), "origin": ((str,), False),
 }
+
+
+_V1_KEYS = frozenset(_SCHEMA) | {"v"}
+_V2_KEYS = _V1_KEYS | V2_FIELDS
 
 
 def decode(raw: bytes | str) -> Envelope:
@@ -178,8 +267,10 @@ def decode(raw: bytes | str) -> Envelope:
     if not isinstance(data, dict):
         raise MalformedMessage(f"message is a JSON {type(data).__name__}, expected an object")
     version = data.get("v")
-    if type(version) is not int or version != VERSION:  # `true == 1` in Python: not a version
-        raise MalformedMessage(f"unsupported envelope version {version!r} (this worker reads v{VERSION})")
+    if type(version) is int and version > VERSION and isinstance(data.get("id"), str):
+        raise UnsupportedVersion(version)
+    if type(version) is not int or version not in VERSIONS:  # `true == 1` in Python: not a version
+        raise MalformedMessage(f"unsupported envelope version {version!r} (this worker reads v1-v{VERSION})")
     for name, (types, required) in _SCHEMA.items():
         if name not in data:
             if required:
@@ -188,9 +279,14 @@ def decode(raw: bytes | str) -> Envelope:
         value = data[name]
         if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
             raise MalformedMessage(f"envelope field {name!r} has type {type(value).__name__}")
-    unknown = set(data) - set(_SCHEMA) - {"v"}
+    unknown = data.keys() - (_V2_KEYS if version == 2 else _V1_KEYS)
     if unknown:
-        raise MalformedMessage(f"envelope has unknown fields {sorted(unknown)}")
+        raise MalformedMessage(f"envelope v{version} has unknown fields {sorted(unknown)[:10]}")
+    if version == 2:
+        extra = {name: data.pop(name) for name in _V2_ORDER if name in data}
+        if extra:
+            _check_v2(extra)
+            data["ext"] = extra
     if not data["id"] or not data["task"]:
         raise MalformedMessage("envelope 'id' and 'task' must be non-empty")
     try:  # the values, as the producer checked them (a message may come from anywhere)
@@ -227,3 +323,14 @@ def peek_id(raw: bytes | str) -> str | None:
         return data.get("id") if isinstance(data, dict) and isinstance(data.get("id"), str) else None
     except (ValueError, TypeError, UnicodeDecodeError):
         return None
+
+
+
+def _check_v2(extra: dict) -> None:
+    """The v2 fields, as strictly as the v1 ones: MalformedMessage says which and why."""
+    from qdeploy.core import sigform
+
+    try:
+        sigform.check_v2_fields(extra)
+    except (TypeError, ValueError) as exc:
+        raise MalformedMessage(f"envelope: {exc}") from None

@@ -150,3 +150,19 @@ after_setup_task_logger = _signal("after_setup_task_logger", "logger", "loglevel
                                   "colorize")
 
 __all__ = ["Signal", *[name for name, value in dict(globals()).items() if isinstance(value, Signal)]]
+
+
+def logging_configured(loglevel: str, logfile: str | None, fmt: str, after: bool = False) -> bool:
+    """Celery's logging signals for a service's logging setup. Before (`after=False`): if
+    `setup_logging` has receivers, they configure logging instead of qdeploy (True is returned).
+    After: `after_setup_logger` (the root logger) and `after_setup_task_logger` ("qdeploy.task")."""
+    level = logging.getLevelName(str(loglevel).upper())
+    common = {"loglevel": level, "logfile": logfile, "format": fmt, "colorize": False}
+    if not after:
+        if not setup_logging.has_receivers:
+            return False
+        setup_logging.send(sender=None, **common)
+        return True
+    after_setup_logger.send(sender=None, logger=logging.getLogger(), **common)
+    after_setup_task_logger.send(sender=None, logger=logging.getLogger("qdeploy.task"), **common)
+    return False

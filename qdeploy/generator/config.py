@@ -59,6 +59,37 @@ class Config:
         return options
 
 
+# -- per-node values that depend on the node's place in the list ------------------------------
+def node_port(cfg, node: str) -> int:
+    """Node `node`'s metrics port: its own `[node.X] metrics_port`, else `[worker] metrics_port`
+    plus the node's index (node 1 gets the port itself, node 2 the next...); 0 = no metrics."""
+    for selector, values in cfg.overrides.items():
+        if "metrics_port" in values and "worker.metrics_port" not in cfg.explicit:
+            if node in nodes_mod.select(selector, cfg.nodes):
+                return int(cfg.node(node)["metrics_port"])
+    base = int(cfg["worker.metrics_port"])
+    if not base or "worker.metrics_port" in cfg.explicit:  # a flag names this very process' port
+        return base
+    return base + cfg.nodes.index(node) if node in cfg.nodes else base
+
+
+def node_ports(cfg) -> dict[str, int]:
+    """Every node's port; ValueError when two nodes (or a node and beat) would share one or a
+    port would pass 65535."""
+    ports = {node: node_port(cfg, node) for node in cfg.nodes}
+    if cfg["beat.enabled"] and cfg["beat.metrics_port"]:
+        ports["beat"] = int(cfg["beat.metrics_port"])
+    seen: dict[int, str] = {}
+    for node, port in ports.items():
+        if port > 65535:
+            raise ValueError(f"node {node} would get metrics port {port} (> 65535): lower worker.metrics_port")
+        if port and port in seen:
+            raise ValueError(f"nodes {seen[port]} and {node} would share metrics port {port}: "
+                             "give each node its own port ([node.N] metrics_port)")
+        seen[port] = node
+    return ports
+
+
 def find(explicit: str | None = None, environ: Mapping[str, str] = os.environ) -> Path | None:
     """`--config`, then `$QDEPLOY_CONFIG`, then `./qdeploy.toml`, then `/etc/qdeploy/qdeploy.toml`."""
     for origin, given in (("--config", explicit), ("QDEPLOY_CONFIG", environ.get("QDEPLOY_CONFIG"))):

@@ -130,7 +130,18 @@ def _context(cfg: Config) -> dict[str, Any]:
         "start_timeout": START_TIMEOUT,
         "systemd_dirs": _systemd_dirs(cfg),
         "settings_toml": _settings_toml(cfg),
+        "metrics_ports": _metrics_ports(cfg),
     }
+
+
+def _metrics_ports(cfg: Config) -> dict[str, int]:
+    """Each node's (and beat's) metrics port; two sharing one is a config error (exit 2)."""
+    from qdeploy.generator.config import node_ports
+
+    try:
+        return {node: port for node, port in node_ports(cfg).items() if port}
+    except ValueError as exc:
+        raise ConfigError(f"{cfg.source or 'defaults'}: worker.metrics_port: {exc}") from None
 
 
 def _systemd_dirs(cfg: Config) -> dict[str, Any]:

@@ -67,6 +67,22 @@ def _beat_schedule(value: Any) -> dict:
     return value
 
 
+def _bind_address(value: Any) -> str:
+    import ipaddress
+
+    try:
+        return str(ipaddress.ip_address(t.text(value)))
+    except ValueError:
+        raise ValueError("expected an IP address such as 127.0.0.1, 0.0.0.0 or ::1") from None
+
+
+def _watchdog(value: Any) -> float:
+    seconds = t.duration(value)
+    if seconds and seconds < 5:
+        raise ValueError("expected 0 (no watchdog) or at least 5s: the master pings systemd every 2s")
+    return seconds
+
+
 queue_list = t.string_list(t.pattern(t.QUEUE_NAME, "queue names of letters, digits and _ . : -"), "queue names")
 user_name = t.pattern(t.POSIX_USER, "a POSIX user name (lower case, digits, _ -)")
 
@@ -102,8 +118,17 @@ SETTINGS: tuple[Setting, ...] = (
     _s("timezone", "", _timezone,
        "Timezone of crontab schedules (IANA name such as `Asia/Shanghai`). Empty: the app's "
        "`app.conf.timezone`, else UTC when `enable_utc`, else the host's zone."),
+    _s("metrics_bind", "127.0.0.1", _bind_address,
+       "Address the metrics ports of workers and beat listen on (`0.0.0.0`: every interface)."),
     _s("enable_utc", True, t.boolean,
        "With no timezone set here or in the app: evaluate crontabs in UTC (false: the host's zone)."),
+    _s("history_max", 100000, t.integer(0, 10_000_000),
+       "Tasks kept in the task history in Redis (what `qdeploy dashboard` searches), written by the worker "
+       "masters; the oldest are dropped beyond it. About 1 KiB of Redis memory per task; 0 = no history."),
+    _s("history_args", "failures", t.choice("all", "failures", "none"),
+       "Whose arguments the history keeps (up to 2 KiB of JSON each): `failures` (failed and retried tasks: "
+       "what the dashboard's retry needs), `all` (costs each task a JSON encoding in its child) or `none`. "
+       "The dashboard shows and searches them with `--show-args` only."),
     # -- workers -----------------------------------------------------------------------------
     _s("worker.nodes", ["1"], t.nodes,
        "Worker nodes: a count (`3` → nodes `1 2 3`) or a list of names (`[\"images\", \"default\"]`).",
@@ -131,6 +156,22 @@ SETTINGS: tuple[Setting, ...] = (
     _s("worker.graceful_timeout", GRACEFUL_TIMEOUT, t.duration,
        "How long a warm shutdown waits for running tasks before requeueing them. Service managers "
        "wait this plus a margin before they kill.", "--graceful-timeout", per_node=True),
+    _s("worker.task_events", False, t.boolean,
+       "Publish task and worker events (`qdeploy events`); switch at run time with `qdeploy control "
+       "enable_events|disable_events`. `-E` on `qdeploy worker`.", "--task-events/--no-task-events", per_node=True),
+    _s("worker.metrics_port", 0, t.integer(0, 65535),
+       "Serve Prometheus `/metrics` and `/healthz` on this port (needs `qdeploy[metrics]`); 0 = off. Set in "
+       "`[worker]`, node N gets this port + N - 1 (the Nth node of `nodes`), or its own in `[node.N]`.",
+       "--metrics-port", per_node=True),
+    _s("worker.health_stuck_after", 30.0, t.duration,
+       "A child that has been idle this long without polling Redis, or whose task is this far past its "
+       "hard time limit, makes the node unhealthy (`qdeploy health`, `/healthz`, the watchdog); 0 = never.",
+       per_node=True),
+    _s("worker.health_reconnect_limit", 60.0, t.duration,
+       "A node whose master has not reached the broker for this long is unhealthy.", per_node=True),
+    _s("worker.watchdog", 60.0, _watchdog,
+       "`WatchdogSec=` of the rendered worker units: systemd restarts a node that has not been healthy for "
+       "this long (the master sends WATCHDOG=1 only while its health check holds); 0 = none."),
     _s("worker.extra_args", [], t.argv_list,
        "Extra arguments appended to every worker's command line (per-node options belong in `[node.N]`)."),
     # -- beat --------------------------------------------------------------------------------
@@ -139,6 +180,8 @@ SETTINGS: tuple[Setting, ...] = (
     _s("beat.lock_timeout", 30.0, t.duration,
        "Leader lock TTL: a new beat takes over at most this long after the leader dies."),
     _s("beat.extra_args", [], t.argv_list, "Extra arguments appended to the beat command line."),
+    _s("beat.metrics_port", 0, t.integer(0, 65535),
+       "Serve beat's Prometheus `/metrics` on this port (`qdeploy_beat_is_leader`, `qdeploy_beat_runs_total`); 0 = off."),
     _s("beat.misfire_grace", 300.0, t.duration,
        "A run missed while no beat was leading is sent once if at most this late, else skipped and "
        "logged; 0 = always send once."),

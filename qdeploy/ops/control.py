@@ -39,7 +39,7 @@ REQUEST_ID = re.compile(r"[0-9a-f]{32}")
 DESTINATION = re.compile(rf"(?:{NODE_NAME.pattern})(@[A-Za-z0-9_.-]{{1,253}})?")  # NODE or NODE@HOST
 TASK_ID = re.compile(r"[A-Za-z0-9_.:-]{1,200}")
 INSPECT = ("active", "reserved", "scheduled", "stats", "registered", "queues")
-CONTROL = ("ping", "shutdown", "pool-grow", "pool-shrink", "rate-limit", "revoke")
+CONTROL = ("ping", "shutdown", "pool-grow", "pool-shrink", "rate-limit", "revoke", "enable_events", "disable_events")
 COMMANDS = frozenset(INSPECT + CONTROL)
 MAX_REQUEST = 64 * 1024
 REPLY_TTL = 60
@@ -261,6 +261,8 @@ class ControlServer:
             return self.rate_limit(args.get("task"), args.get("rate"))
         if cmd == "revoke":
             return self.revoke(args.get("ids"), bool(args.get("terminate")))
+        if cmd in ("enable_events", "disable_events"):
+            return m.events.set(cmd == "enable_events", m)
         return {"shutdown": "warm"}  # shutdown: acted on once the reply is out
 
     def stats(self) -> dict:
@@ -274,6 +276,7 @@ class ControlServer:
             max_tasks_per_child=m.opts.max_tasks_per_child, max_memory_per_child=m.opts.max_memory_per_child,
             time_limit=m.opts.time_limit, soft_time_limit=m.opts.soft_time_limit,
             graceful_timeout=m.opts.graceful_timeout, app=m.opts.app,
+            child_exits=dict(m.stats.exits),
         )
         return state
 
@@ -304,6 +307,9 @@ class ControlServer:
             if hit and terminate:
                 self.master.kill_child(child, "revoked")  # its task is requeued, then settled REVOKED
                 killed += hit
+            for task_id in hit:
+                self.master.events.emit("task-revoked", uuid=task_id, name=child.tasks[task_id].name,
+                                        terminated=terminate)
         return {"running": running, "terminated": killed}
 
 

@@ -12,12 +12,14 @@ import json
 import logging
 import os
 
+from qdeploy.core import signals
 from qdeploy.service import boot as service
 from qdeploy.service import daemon
 from qdeploy.service.sdnotify import Notifier
 from qdeploy.worker import child  # noqa: F401 - loaded before privileges are dropped
 from qdeploy.worker.lease import NodeLease
-from qdeploy.worker.master import ADOPT_ENV, Master
+from qdeploy.worker.lifecycle import process_init, process_shutdown
+from qdeploy.worker.master import ADOPT_ENV, WORKER_BOOT_ERROR, Master
 from qdeploy.worker.options import WorkerOptions
 from qdeploy.worker.process import restore_stdio, save_stdio
 
@@ -35,10 +37,22 @@ def run(opts: WorkerOptions) -> int:
         broker = service.connect_broker(app)
         lease = NodeLease(broker, opts.owner, app.visibility_timeout)
         lease.take()  # before anything else: a second master of this node must not start
+        _preload_metrics(opts.metrics_port)
         service.become(target, opts.allow_root, "tasks")
         if opts.pool == "solo":
             return _solo(app, opts, broker, lease, notifier, readiness)
         return Master(app, opts, broker, notifier, readiness, pidfile, lease).run()
+
+
+def _preload_metrics(port: int) -> None:
+    """prometheus_client is imported while we may still read everything (issue 21)."""
+    if port:
+        from qdeploy.ops import metrics
+
+        try:
+            metrics.require_client()
+        except ImportError:
+            pass  # the master says so, in one line, and runs on without metrics
 
 
 def _adopted_pidfile(reexec: dict | None) -> daemon.Pidfile | None:
@@ -60,6 +74,10 @@ def _solo(app, opts: WorkerOptions, broker, lease: NodeLease, notifier: Notifier
         signal.signal(sig, lambda signum, frame: stop.append(signum))
     # The node name is the consumer identity: a restarted solo worker takes back what it held.
     save_stdio()
+    signals.worker_init.send(sender=None)
+    if failed := process_init():  # the one process is the pool: as a child, it does not start
+        log.error("worker_process_init failed: %s", failed)
+        return WORKER_BOOT_ERROR
     consumer = Consumer(app, opts.queues, opts.owner, broker=broker, on_task_done=lambda *_: restore_stdio(),
                         default_limits=(opts.soft_time_limit or None, opts.time_limit or None))
     assert consumer.heartbeat is not None  # a solo consumer beats for itself
@@ -68,9 +86,15 @@ def _solo(app, opts: WorkerOptions, broker, lease: NodeLease, notifier: Notifier
     if readiness is not None:
         readiness.ok()
     log.info("worker %s (solo) consuming %s", opts.owner, ",".join(opts.queues))
+    signals.worker_ready.send(sender=None)
     try:
         consumer.run(max_tasks=opts.max_tasks_per_child or None, should_stop=lambda: bool(stop))
     finally:
+        if stop:
+            signals.worker_shutting_down.send(sender=opts.owner, sig=signal.Signals(stop[0]).name, how="Warm",
+                                              exitcode=0)
         notifier.stopping()
         lease.release_quietly()
+        process_shutdown(0)
+        signals.worker_shutdown.send(sender=None)
     return 0

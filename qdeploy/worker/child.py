@@ -21,17 +21,19 @@ import threading
 import time
 from collections.abc import Callable
 
-from qdeploy.core import connection, message, results
-from qdeploy.core.app import App, Request, Retry, SoftTimeLimitExceeded, Task, TimeLimitExceeded
+from qdeploy.core import connection, message, results, signals, trace, workflow
+from qdeploy.core.app import App, SoftTimeLimitExceeded, Task, TimeLimitExceeded
 from qdeploy.core.broker import Broker, Reserved
 from qdeploy.core.connection import BROKER_DOWN, ResponseError, refused_for_now
 from qdeploy.worker.heartbeat import Heartbeat
 
 log = logging.getLogger("qdeploy.worker")
 _REDIS_DOWN = BROKER_DOWN
-Outcome = tuple[str, "str | None"]  # (task id, result record to ack it with)
+Outcome = tuple[str, "str | None", "list | None"]  # (task id, result record, follow-up ops) to ack with
 MIN_BACKOFF, MAX_BACKOFF = 0.05, 5.0  # seconds between tries while Redis refuses a step
+LEAVE_FOR = 30.0  # seconds before a message of a newer envelope version is offered again
 _SIGNATURES: dict[Callable, inspect.Signature] = {}  # inspect.signature is slow: once per function
+_BINDING: dict[type, tuple[inspect.Signature, bool]] = {}  # task class -> (its run's signature, takes self)
 
 
 def signature_of(fn: Callable) -> inspect.Signature:
@@ -41,10 +43,21 @@ def signature_of(fn: Callable) -> inspect.Signature:
     return signature
 
 
+def binding_of(task: Task) -> tuple[inspect.Signature, bool]:
+    """The signature the message's arguments must bind to: the class's `run`, which takes the
+    task as `self` unless it is a plain (bind=False) function."""
+    cls = type(task)
+    known = _BINDING.get(cls)
+    if known is None:
+        run = cls.run
+        known = _BINDING[cls] = (signature_of(run), not isinstance(inspect.getattr_static(cls, "run"), staticmethod))
+    return known
+
+
 def prepare(app: App) -> None:
     """Do once, before forking, what every child would otherwise redo (and copy-on-write)."""
     for task in list(app.tasks.values()):
-        signature_of(task.fn)
+        binding_of(task)
 
 
 def _short(value, limit: int = 200) -> str:
@@ -111,10 +124,11 @@ class Consumer:
         own = heartbeat if heartbeat is not None else self.owner == consumer_id
         self.heartbeat = Heartbeat(self.broker, self.owner, app.visibility_timeout) if own else None
         self.default_soft, self.default_hard = default_limits  # when a message has none
-        self._next_allowed: dict[str, float] = {}
+        # fleet-wide rate limits, applied by the reserve script: "task\ninterval\n..." (see reserve.lua)
+        self.rates = "".join(f"{name}\n{1.0 / task.rate!r}\n" for name, task in app.tasks.items() if task.rate)
         self._limits: tuple = (None, None)
         self._soft_fired = False
-        self._pending: tuple[str, str | None] | None = None  # (id, result) to ack with next reserve
+        self._pending: Outcome | None = None  # (id, result, ops) to ack with the next reserve
         self._dirty = False  # a call failed mid-flight: we may hold a reservation we never saw
         self.guard = QueueGuard(self.queues)
         self._refused_since = 0.0  # Redis has refused writes since (monotonic), or 0
@@ -197,9 +211,9 @@ class Consumer:
             time.sleep(min(left, 0.1))
 
     def _step(self, queues: list[str], leave: bool = False) -> Reserved | None:
-        ack_id, ack_result = self._pending or (None, None)
-        msg = self.broker.reserve(self.id, self.owner, queues, ack_id=ack_id,
-                                  ack_result=ack_result, track=self.results.colocated, leave=leave)
+        ack_id, ack_result, ops = self._pending or (None, None, None)
+        msg = self.broker.reserve(self.id, self.owner, queues, ack_id=ack_id, ack_result=ack_result,
+                                  track=self.results.colocated, leave=leave, ops=ops, rates=self.rates)
         self._pending = None
         if self._refused_since:
             log.info("Redis accepts writes again (after %.1fs)", time.monotonic() - self._refused_since)
@@ -216,7 +230,7 @@ class Consumer:
         if claimed is None:
             return None
         return self.broker.reserve(self.id, self.owner, [queue], claimed=claimed,
-                                   track=self.results.colocated)
+                                   track=self.results.colocated, rates=self.rates)
 
     def _leftovers(self) -> None:
         moved = self.broker.requeue_consumer(self.id, unregister=False)
@@ -265,79 +279,127 @@ class Consumer:
             return self._dead(msg, None, "no envelope stored for this id")
         try:
             env = message.decode(msg.body)
+        except message.UnsupportedVersion as exc:
+            self._leave(msg, exc)
+            return None
         except message.MalformedMessage as exc:
+            if signals.task_rejected._receivers:
+                signals.task_rejected.send(sender=self, message=msg, exc=exc)
             return self._dead(msg, None, f"malformed message: {exc.reason}")
         if env.id != msg.id:  # acking env.id would leave msg.id in flight forever
             return self._dead(msg, None, f"envelope id {env.id[:80]!r} differs from the queued id")
         if msg.deliveries > self.app.max_deliveries:
             return self._dead(msg, env, f"delivered {msg.deliveries} times without an ack "
                               f"(max_deliveries={self.app.max_deliveries}); poison message?")
-        if msg.revoked:
-            return self._settle(env, results.REVOKED, reason="revoked")
-        if env.is_expired():
-            log.info("task %s[%s] expired, not run", env.task, env.id)
-            return self._settle(env, results.REVOKED, reason="expired")
         task = self.app.tasks.get(env.task)
+        if msg.revoked or env.is_expired():
+            reason = "revoked" if msg.revoked else "expired"
+            if reason == "expired":
+                log.info("task %s[%s] expired, not run", env.task, env.id)
+            if signals.task_revoked._receivers:
+                signals.task_revoked.send(sender=task, request=trace.request_for(task, env, msg.deliveries, self.id)
+                                          if task is not None else None, terminated=False, signum=None,
+                                          expired=reason == "expired")
+            return self._settle(env, results.REVOKED, reason=reason)
         if task is None:
+            if signals.task_unknown._receivers:
+                signals.task_unknown.send(sender=self, message=msg, exc=KeyError(env.task), name=env.task, id=env.id)
             return self._dead(msg, env, f"unknown task {env.task!r}")
+        args = env.args if env.errback is None else trace.call_args(task, env)
         try:
-            signature_of(task.fn).bind(*([task] if task.bind else []), *env.args, **env.kwargs)
+            sig, takes_self = binding_of(task)
+            sig.bind(*((task,) if takes_self else ()), *args, **env.kwargs)
         except TypeError as exc:
             return self._dead(msg, env, f"wrong arguments for {env.task}: {exc}")
         if not task.acks_late:  # at-most-once, by request: forget the message before running
             self.broker.ack(self.id, env.id)
-            outcome = self.execute(task, env, msg)
+            outcome = self.execute(task, env, msg, args)
             if outcome is not None and outcome[1]:
                 self.results.store(outcome[0], outcome[1])
+            if outcome is not None and outcome[2]:
+                self.broker.carry_out(self.id, outcome[2])
             return None
-        return self.execute(task, env, msg)
+        return self.execute(task, env, msg, args)
 
-    def execute(self, task: Task, env: message.Envelope, msg: Reserved):
+    def _leave(self, msg: Reserved, exc: message.UnsupportedVersion) -> None:
+        """A newer envelope version: not ours to run, nor to dead-letter. Put it back for a
+        worker that reads it (rolling upgrades), offered again in LEAVE_FOR seconds."""
+        log.warning("message %s: %s; left in queue %s for a worker that reads it (offered again in %gs)",
+                    msg.id[:80], exc.reason, msg.queue, LEAVE_FOR)
+        waiting = results.record(results.PENDING, reason=f"left by {self.id}: {exc.reason}", worker=self.id)
+        self.broker.retry(self.id, msg.raw_id, msg.queue, msg.body, time.time() + LEAVE_FOR,  # type: ignore[arg-type]
+                          self._result_arg((msg.id, waiting, None))[1])
+
+    def execute(self, task: Task, env: message.Envelope, msg: Reserved, args: list | None = None):
+        request = trace.request_for(task, env, msg.deliveries, self.id)
+        if signals.task_received._receivers:
+            signals.task_received.send(sender=self, request=request)
         started = time.time()
-        if task.rate:
-            self._wait_for_rate(task, started)
-            started = time.time()
         track = not env.ignore_result
         if track and task.track_started:
             self.results.store(env.id, results.record(results.STARTED, task=env.task,
                                                       worker=self.id, retries=env.retries))
         if self.on_task_start:
-            self.on_task_start(env.id, env.task, started, env.limits)
-        task.request = Request(env.id, env.task, env.args, env.kwargs, env.retries,
-                               msg.deliveries, env.queue, env.eta, env.origin, self.id,
-                               env.max_retries)
+            self.on_task_start(env.id, env.task, started, env.limits, env)
+        if args is None:
+            args = env.args if env.errback is None else trace.call_args(task, env)
         state, outcome = results.SUCCESS, None
+        error: BaseException | None = None  # for the on_task_done hook
+        done = trace.Outcome(results.FAILURE)
         try:
-            self._arm(env.limits.get("soft", self.default_soft),
-                      env.limits.get("hard", self.default_hard))
-            try:
-                value = task.fn(task, *env.args, **env.kwargs) if task.bind else task.fn(
-                    *env.args, **env.kwargs)
-            finally:
-                self._disarm()
-            rec = results.record(results.SUCCESS, result=value, task=env.task, worker=self.id,
-                                 retries=env.retries) if track else None
-            outcome = (env.id, rec)
-            self._log_outcome(env, "succeeded", started, f": {_short(value)}")
-        except Retry as exc:
-            state, outcome = results.RETRY, self._retry(task, env, exc.countdown, exc.exc)
-            self._log_outcome(env, "retry", started, f": {exc}")
-        except BaseException as exc:  # noqa: BLE001 - SystemExit too: a task never ends its process
-            state = results.FAILURE
-            exc_type, text, trace = results.describe(exc)
-            if isinstance(exc, task.autoretry_for) and self._may_retry(task, env):
-                state = results.RETRY
-                outcome = self._retry(task, env, task.retry_countdown(env.retries), exc)
-                self._log_outcome(env, "retry", started, f": {exc_type}: {text}")
-            else:
-                outcome = (env.id, self._failure(env, exc) if track else None)
-                self._log_outcome(env, "failed", started, f": {exc_type}: {text}\n{trace.rstrip()}",
-                                  level=logging.ERROR)
+            limited = env.limits or self.default_soft or self.default_hard
+            done = trace.run(task, request, args, env.kwargs, self._arm_for(env) if limited else None, self._disarm)
+            outcome, done = self._conclude(task, env, request, done, track, started)
+            state = done.state
+            error = done.cause if done.auto else done.exc
         finally:
-            task.request = None
+            trace.finish(task, request, done, args, env.kwargs)
             if self.on_task_done:
-                self.on_task_done(env.id, env.task, state, time.time() - started)
+                self.on_task_done(env.id, env.task, state, time.time() - started, error)
         return self._result_arg(outcome)
+
+    def _arm_for(self, env: message.Envelope) -> Callable[[], None]:
+        return lambda: self._arm(env.limits.get("soft", self.default_soft), env.limits.get("hard", self.default_hard))
+
+    def _conclude(self, task: Task, env: message.Envelope, request, done: trace.Outcome, track: bool,
+                  started: float) -> tuple[Outcome | None, trace.Outcome]:
+        """Settle an outcome: (id, record, follow-up ops) to ack with, or None when a retry was
+        stored already. A return value that cannot be stored (not JSON) fails the task."""
+        if done.state == results.SUCCESS:
+            try:
+                ops = workflow.after_success(self.app, env, done.value) if env.ext and _continues(env) else []
+                rec = results.record(results.SUCCESS, result=done.value, task=env.task, worker=self.id,
+                                     retries=env.retries, children=_children(request, ops) if ops or request.children
+                                     else None, parent_id=env.parent_id) if track else None
+            except (TypeError, ValueError) as exc:
+                done = trace.Outcome(results.FAILURE, exc=exc, einfo=trace.ExceptionInfo(exc))
+            else:
+                self._log_outcome(env, "succeeded", started, f": {_short(done.value)}")
+                return (env.id, rec, self._ops(ops)), done
+        if done.state == results.RETRY:
+            assert isinstance(done.exc, trace.Retry)
+            exc_type, text, _ = results.describe(done.cause or done.exc)
+            self._log_outcome(env, "retry", started, f": {exc_type}: {text}" if done.auto else f": {done.exc}")
+            return self._retry(task, env, done.exc.countdown, done.cause), done
+        error = done.exc
+        assert error is not None
+        exc_type, text, tb = results.describe(error)
+        ops = []
+        if env.ext and _continues(env):
+            ops = workflow.after_failure(self.app, env, request.as_dict(), workflow.exc_info(error), tb)
+        rec = self._failure(env, error, children=_children(request, ops)) if track else None
+        self._log_outcome(env, "failed", started, f": {exc_type}: {text}\n{tb.rstrip()}", level=logging.ERROR)
+        return (env.id, rec, self._ops(ops)), done
+
+    def _ops(self, ops: list) -> list | None:
+        """Follow-up operations as the ack's ARGV; a chord that does not exist is reported."""
+        if not ops:
+            return None
+        for op in ops:
+            if isinstance(op, workflow.ChordPart) and not self.broker.client.hexists(self.broker.keys.chord(op.group_id), " n"):
+                log.warning("task %s reports to chord %s, which does not exist (expired, finished or never created): "
+                            "its own result is kept, no chord body runs for it", op.task_id, op.group_id)
+        return workflow.encode_ops(self.app, ops)
 
     def _log_outcome(self, env: message.Envelope, outcome: str, started: float, detail: str,
                      level: int = logging.INFO) -> None:
@@ -352,15 +414,12 @@ class Consumer:
                        "duration_s": round(runtime, 6), "node": self.owner.partition("@")[0],
                        "consumer": self.id})
 
-    def _failure(self, env: message.Envelope, exc: BaseException, reason: str | None = None) -> str:
+    def _failure(self, env: message.Envelope, exc: BaseException, reason: str | None = None,
+                 children: list | None = None) -> str:
         exc_type, text, traceback = results.describe(exc)
         return results.record(results.FAILURE, exc_type=exc_type, exc=text, traceback=traceback,
-                              reason=reason, task=env.task, worker=self.id, retries=env.retries)
-
-    @staticmethod
-    def _may_retry(task: Task, env: message.Envelope) -> bool:
-        limit = env.max_retries if env.max_retries is not None else task.max_retries
-        return limit is None or env.retries < limit
+                              reason=reason, task=env.task, worker=self.id, retries=env.retries,
+                              module=type(exc).__module__, children=children, parent_id=env.parent_id)
 
     def _retry(self, task: Task, env: message.Envelope, countdown: float, exc) -> Outcome | None:
         eta = time.time() + countdown if countdown > 0 else None
@@ -368,14 +427,14 @@ class Consumer:
         rec = None if env.ignore_result else results.record(
             results.RETRY, task=env.task, worker=self.id, retries=nxt.retries,
             reason=f"retry in {countdown:.3f}s" + (f": {results.describe(exc)[1]}" if exc else ""))
-        stored = self._result_arg((env.id, rec))  # written elsewhere first if not colocated
+        stored = self._result_arg((env.id, rec, None))  # written elsewhere first if not colocated
         self.broker.retry(self.id, env.id, env.queue, message.encode(nxt), eta, stored[1])
         return None
 
     def _settle(self, env: message.Envelope, state: str, reason: str):
         rec = None if env.ignore_result else results.record(state, reason=reason, task=env.task,
                                                              worker=self.id, retries=env.retries)
-        return self._result_arg((env.id, rec))
+        return self._result_arg((env.id, rec, self._ops(workflow.after_revoked(self.app, env, reason))))
 
     def _dead(self, msg: Reserved, env: message.Envelope | None, reason: str) -> Outcome | None:
         log.error("dead-lettering message %s: %s", msg.id[:80], reason)
@@ -383,22 +442,19 @@ class Consumer:
         if msg.raw_id.isascii() and message.TASK_ID.fullmatch(msg.id):  # a junk id gets no result record
             rec = results.record(results.FAILURE, exc_type="DeadLettered", exc=reason, reason=reason,
                                  task=env.task if env else None, worker=self.id)
-            stored = self._result_arg((msg.id, rec))[1]
+            stored = self._result_arg((msg.id, rec, None))[1]
         self.broker.dead_letter(self.id, msg.raw_id, msg.body, reason, msg.queue, stored)
+        ops = self._ops(workflow.after_revoked(self.app, env, f"dead-lettered: {reason}")) if env else None
+        if ops:  # a chord it belonged to fails now instead of waiting forever
+            self.broker.carry_out(self.id, ops)
         return None
 
     def _result_arg(self, outcome):
         """With results in another Redis, write them there first and ack without them."""
         if outcome is None or self.results.colocated or not outcome[1]:
             return outcome
-        self.results.store(*outcome)
-        return (outcome[0], None)
-
-    def _wait_for_rate(self, task: Task, now: float) -> None:
-        allowed = self._next_allowed.get(task.name, now)
-        if allowed > now:
-            time.sleep(allowed - now)
-        self._next_allowed[task.name] = max(allowed, now) + 1.0 / (task.rate or 1.0)
+        self.results.store(outcome[0], outcome[1])
+        return (outcome[0], None, outcome[2])
 
     # -- time limits (SIGALRM; main thread only) ----------------------------------------------
     def _arm(self, soft: float | None, hard: float | None) -> None:
@@ -423,3 +479,12 @@ class Consumer:
         if hard:
             self._limits = (None, None)
             raise TimeLimitExceeded(f"time limit ({hard}s) exceeded")
+
+
+def _continues(env: message.Envelope) -> bool:
+    """Does anything follow this message (callbacks, a chain, a chord, a unique key)?"""
+    return bool(env.callbacks or env.errbacks or env.chain or env.chord or env.unique)
+
+
+def _children(request, ops: list) -> list:
+    return [*request.children, *(op.env.id for op in ops if isinstance(op, workflow.Publish))]

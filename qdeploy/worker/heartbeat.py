@@ -8,10 +8,13 @@ messages of consumers whose owner's heartbeat has expired: the visibility timeou
 
 from __future__ import annotations
 
+import functools
 import logging
+import mmap  # at import: a service user may not read the interpreter's lib-dynload
 import os
 import random
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -76,3 +79,29 @@ class Heartbeat:
                 self.broker.stop_heartbeat(self.owner)
             except BROKER_DOWN:
                 pass
+
+
+class Beacons:
+    """Shared memory (an anonymous MAP_SHARED mapping made by the master before it forks) where
+    each child's consumer loop writes the monotonic time of its latest turn: the master sees an
+    idle child that stopped polling (stuck, or SIGSTOPped) without a syscall or a pipe write
+    per turn. Slots are reused round-robin by spawn number; a collision can only make a stuck
+    child look alive for a while, never a live one look stuck."""
+
+    SLOTS = 4096
+
+    def __init__(self) -> None:
+        self.map = mmap.mmap(-1, 8 * self.SLOTS)
+
+    def slot_for(self, spawned: int) -> int:
+        return spawned % self.SLOTS
+
+    def mark(self, slot: int, when: float | None = None) -> None:
+        struct.pack_into("d", self.map, 8 * slot, time.monotonic() if when is None else when)
+
+    def marker(self, slot: int) -> Callable[[float], None]:
+        """`mark(when)` for one slot, with nothing looked up per call (the consumer loop's turn)."""
+        return functools.partial(struct.pack_into, "d", self.map, 8 * slot)
+
+    def last(self, slot: int) -> float:
+        return struct.unpack_from("d", self.map, 8 * slot)[0]

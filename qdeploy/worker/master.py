@@ -22,17 +22,24 @@ import signal
 import sys
 import time
 from collections import deque
+from typing import Any
 
-from qdeploy.core import results
+from qdeploy.core import results, signals
 from qdeploy.core.connection import RedisError
 from qdeploy.defaults import EX_UNAVAILABLE
+from qdeploy.ops import health, httpd, metrics
 from qdeploy.ops.control import ControlServer
+from qdeploy.ops.events import EventPublisher
+from qdeploy.ops.history_writer import HistoryWriter
+from qdeploy.ops.metrics import NodeStats
 from qdeploy.service.daemon import signal_pid
 from qdeploy.service.sdnotify import Notifier
 from qdeploy.worker.child import prepare
+from qdeploy.worker.heartbeat import Beacons
+from qdeploy.worker.lifecycle import killed_followups
 from qdeploy.worker.options import WorkerOptions
 from qdeploy.worker.process import CHILD_BOOT_ERROR, child_main, save_stdio, set_title
-from qdeploy.worker.state import Child, State
+from qdeploy.worker.state import Child, State, Task, exit_reason
 
 log = logging.getLogger("qdeploy.worker")
 
@@ -72,6 +79,12 @@ class Master:
         self.unrequeued: set[str] = set()  # dead children's consumers whose requeue failed (Redis down)
         self._next_beat = self._next_memory_check = self._next_beat_complaint = 0.0
         self.beat_failing_since = 0.0  # monotonic time the heartbeat started failing, or 0
+        self.stats = NodeStats()  # what /metrics and `inspect stats` count (kept across HUP)
+        self.beacons = Beacons()  # each child's "still polling" time, in shared memory
+        self.health = health.OK
+        self.events = EventPublisher(broker, opts.owner, enabled=opts.task_events)
+        self.history = HistoryWriter(broker, opts.owner, opts.history_max, opts.history_args)  # ops/history
+        self.httpd: Any = None  # /metrics and /healthz (ops/httpd.HttpServer), when metrics_port is set
         prepare(app)
 
     # -- start and the loop ------------------------------------------------------------------
@@ -80,9 +93,12 @@ class Master:
         self.init_signals()
         self.control = ControlServer(self)  # its pub/sub socket joins the selector
         set_title(f"{self.opts.title()}: {shlex.join(sys.argv)}")  # like Celery: the options stay visible
+        signals.worker_init.send(sender=self)
         self.adopt_children()
         self.requeue_previous_incarnation()
+        self.serve_metrics()
         log.info("worker %s starting: %d children, queues %s", self.opts.owner, self.target, ",".join(self.opts.queues))
+        self.events.worker("worker-online", self)
         while not self.finished():
             self.handle_signals()
             self.reap_children()
@@ -115,14 +131,43 @@ class Master:
 
     def selector_wait(self) -> None:
         self.control.tick()  # reconnects the control channel after a Redis outage
-        timeout = min(HEARTBEAT_EVERY, self._until_next_deadline())
-        for key, _ in self.selector.select(max(0.0, timeout)):
+        if self.httpd is not None:
+            self.httpd.tick()
+        self.events.flush()  # this turn's events, in one round trip
+        self.history.flush()  # the task history: one round trip per ~200 ms batch
+        timeout = min(HEARTBEAT_EVERY, self._until_next_deadline(), self.history.due_in())
+        for key, mask in self.selector.select(max(0.0, timeout)):
             if key.data is None:
                 _drain(key.fd)
             elif key.data is self.control:
                 self.control.handle_readable()
-            else:
+            elif isinstance(key.data, Child):
                 self.read_events(key.data)
+            else:
+                key.data(mask)  # the metrics server's sockets
+
+    def serve_metrics(self) -> None:
+        """/metrics and /healthz on metrics_port (127.0.0.1 unless metrics_bind). A port that
+        cannot be bound is one error line; the node runs on without it."""
+        if not self.opts.metrics_port:
+            return
+        try:
+            metrics.require_client()
+            sock = httpd.listen(self.opts.metrics_bind, self.opts.metrics_port)
+        except (ImportError, OSError) as exc:
+            log.error("metrics: not serving on %s:%d: %s", self.opts.metrics_bind, self.opts.metrics_port, exc)
+            return
+        registry = metrics.registry_for(metrics.WorkerCollector(self))
+
+        def page() -> tuple[int, str, bytes]:
+            body, ctype = metrics.exposition(registry)
+            return 200, ctype, body
+
+        self.httpd = httpd.HttpServer(self.selector, sock, {
+            "/metrics": page,
+            "/healthz": lambda: health.http_answer(self),
+        })
+        log.info("metrics: serving /metrics and /healthz on %s:%d", self.opts.metrics_bind, self.opts.metrics_port)
 
     def _until_next_deadline(self) -> float:
         # Only deadlines still ahead of something to do: a passed respawn time, or the limits of a
@@ -149,6 +194,7 @@ class Master:
             return self.handle_quit()
         log.info("warm shutdown: finishing running tasks (up to %gs)", self.opts.graceful_timeout)
         self.stopping = "warm"
+        signals.worker_shutting_down.send(sender=self.opts.owner, sig="SIGTERM", how="Warm", exitcode=self.exit_code)
         self.notifier.stopping()
         for child in self.children.values():
             self.stop_child(child)
@@ -158,6 +204,7 @@ class Master:
     def handle_quit(self) -> None:
         log.info("cold shutdown: killing children, requeueing their tasks")
         self.stopping = "cold"
+        signals.worker_shutting_down.send(sender=self.opts.owner, sig="SIGQUIT", how="Cold", exitcode=self.exit_code)
         self.notifier.stopping()
         for child in self.children.values():
             self.kill_child(child, "cold shutdown")
@@ -195,18 +242,21 @@ class Master:
         base = f"{self.opts.owner}/{os.getpid()}.{self.spawned}"
         cids = [base] if self.opts.threads == 1 else [f"{base}-t{k}" for k in range(1, self.opts.threads + 1)]
         self.broker.prepare_fork(len(cids))  # each child consumes on its own connections
+        beacon = self.beacons.slot_for(self.spawned)
+        self.beacons.mark(beacon)
         gc.freeze()  # the master's objects go to a permanent generation: a child's GC leaves them be
         pid = os.fork()
         if pid == 0:
             os.close(events_r)
             os.close(control_w)
             self._close_master_fds()
-            child_main(self.app, self.opts, slot, cids, events_w, control_r, self.broker, spare)
+            child_main(self.app, self.opts, slot, cids, events_w, control_r, self.broker, spare,
+                       (self.beacons, beacon))
         gc.unfreeze()  # in the master: its own garbage stays collectable
         os.close(events_w)
         os.close(control_r)
         os.set_blocking(events_r, False)
-        child = Child(pid, slot, cids, events_r, control_w, spare=spare)
+        child = Child(pid, slot, cids, events_r, control_w, spare=spare, beacon=beacon)
         self.children[pid] = child
         self.selector.register(events_r, selectors.EVENT_READ, child)
 
@@ -243,13 +293,37 @@ class Master:
                     log.warning("child %d: ignoring %s%s", child.pid, why, "; more from this child "
                                 "are only counted" if child.ignored == MAX_IGNORED_EVENTS else "")
                 continue
+            kind = line[:1]
             if child.tasks_done != before:
                 self.tasks_done += child.tasks_done - before
                 self.failures = 0  # a child that runs tasks: whatever failed before works now
-            if line[:1] == "U":
+                self.task_finished(child, child.last_done)  # type: ignore[arg-type]
+            elif kind == "S":
+                self.task_started(child, child.last_started)  # type: ignore[arg-type]
+            elif kind == "U":
                 self.boot_failures = 0
-            elif line[:1] == "R":
+            elif kind == "R":
                 log.info("child %d retiring: %s", child.pid, child.retiring_reason)
+
+    def task_started(self, child: Child, task: Task) -> None:
+        self.history.started(child, task)
+        if task.queue:
+            self.stats.started(task.queue, task.wait)
+        if self.events.enabled:
+            fields = {"uuid": task.id, "name": task.name, "queue": task.queue, "pid": child.pid}
+            self.events.emit("task-received", **fields)
+            self.events.emit("task-started", **fields)
+
+    def task_finished(self, child: Child, task: Task) -> None:
+        if not task.outcome:  # a child from before a reload that did not say how it went
+            return
+        self.history.finished(child, task)
+        self.stats.finished(task.name or "unknown", task.queue or "unknown", task.outcome, task.runtime)
+        if self.events.enabled:
+            fields: dict = {"uuid": task.id, "name": task.name, "queue": task.queue, "runtime": task.runtime}
+            if task.outcome != "succeeded":
+                fields["exception"] = task.detail
+            self.events.emit(f"task-{task.outcome}", **fields)
 
     def _close_events(self, child: Child) -> None:
         if child.events is not None:
@@ -271,6 +345,7 @@ class Master:
     def promote(self, child: Child) -> None:
         """Tell a spare to start taking tasks."""
         child.promote()
+        child.idle_since = time.monotonic()  # it waited without polling: judge its polling from now
         try:
             os.write(child.control, b"g")  # type: ignore[arg-type]  # None: gone, as below
         except (OSError, TypeError):
@@ -301,14 +376,21 @@ class Master:
 
     def child_exited(self, child: Child, code: int) -> None:
         clean = code == 0 and not child.killed_for
+        reason, detail = exit_reason(child, code)
+        if reason is not None:
+            self.stats.child_exit(reason)
         for task in child.tasks.values():  # the task over its limit fails; its siblings are requeued
             if task.deadline and task.deadline <= time.monotonic() and child.killed_for.startswith("time limit"):
-                self.fail_task(task, "TimeLimitExceeded", child.killed_for)
+                self.fail_task(task, "TimeLimitExceeded", child.killed_for, child)
+            elif not clean:
+                self.history.lost(child, task, f"child {child.pid} exited: {reason} ({detail})", child.killed_for == "revoked")
         if not clean:
             moved = sum(self.requeue(cid) for cid in child.cids)
             how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
-            log.warning("child %d %s%s: requeued %d task(s)", child.pid, how,
-                        f" ({child.killed_for})" if child.killed_for else "", moved)
+            log.warning("child %d exited: %s (%s%s): requeued %d task(s)", child.pid, reason, how,
+                        f", {child.killed_for}" if child.killed_for else "", moved)
+        else:
+            log.info("child %d exited: %s (%s)", child.pid, reason or "stopped", detail)
         if clean or child.killed_for or child.tasks_done:
             return  # stopped, killed by us, or it worked for a while: replaced at once
         # It failed before finishing a single task: at boot, or in its consume loop (a broken
@@ -344,16 +426,25 @@ class Master:
         self.unrequeued.discard(cid)
         return moved
 
-    def fail_task(self, task, exc_type: str, reason: str) -> None:
+    def fail_task(self, task, exc_type: str, reason: str, child: Child | None = None) -> None:
         """A task the master killed is marked FAILURE and acked: never redelivered forever."""
         task_id = task.id
-        record = results.record(results.FAILURE, exc_type=exc_type, exc=reason, reason=reason, worker=task.cid)
+        record = results.record(results.FAILURE, exc_type=exc_type, exc=reason, reason=reason, worker=task.cid,
+                                task=task.name or None)  # its name, not '-', in results and dashboards
+        self.history.keep_call(task)  # its arguments, for the history's retry: read before the ack drops them
         try:
             self.results.store(task_id, record)
-            self.broker.ack(task.cid, task_id)
+            self.broker.ack(task.cid, task_id, ops=killed_followups(self.app, self.broker, task_id, exc_type, reason))
         except _REDIS_DOWN as exc:
             log.error("cannot record the failure of task %s (%s)", task_id, exc)
         log.error("task %s killed: %s", task_id, reason)
+        task.outcome, task.runtime, task.detail = "failed", time.monotonic() - task.started, f"{exc_type}: {reason}"
+        self.history.finished(child, task, killed=reason)
+        if task.name:
+            self.stats.finished(task.name, task.queue, "failed", task.runtime)
+        if self.events.enabled:
+            self.events.emit("task-failed", uuid=task_id, name=task.name, queue=task.queue, runtime=task.runtime,
+                             exception=task.detail)
 
     def murder_children(self) -> None:
         """Kill children over their hard time limit, or over the hard memory limit."""
@@ -409,6 +500,7 @@ class Master:
                     self.spawn_child(child.slot, spare=True)
         if not self.ready and sum(c.state is State.IDLE or c.state is State.BUSY for c in self.children.values()) >= self.target:
             self.ready = True
+            signals.worker_ready.send(sender=self)
             log.info("worker %s ready: %d children", self.opts.owner, self.target)
             self.notifier.ready(self.status_line())
             if self.readiness is not None:
@@ -419,6 +511,7 @@ class Master:
         return {
             "node": self.opts.node, "owner": self.opts.owner, "pid": os.getpid(), "pool": self.target,
             "tasks_done": self.tasks_done, "started": self.started, "queues": self.opts.queues,
+            "child_exits": dict(self.stats.exits), "health": self.health, "events": self.events.enabled,
             "children": [
                 {"pid": c.pid, "slot": c.slot, "state": c.state.value, "tasks": sorted(c.tasks),
                  "tasks_done": c.tasks_done, "cids": c.cids}
@@ -437,6 +530,7 @@ class Master:
         if now < self._next_beat:
             return
         self._next_beat = now + HEARTBEAT_EVERY
+        self.health = health.verdict(self, now)
         info = {k: v for k, v in self.state().items() if k != "children"}
         info["host"] = self.opts.owner.partition("@")[2]
         for cid in list(self.unrequeued):
@@ -444,6 +538,7 @@ class Master:
                 log.warning("requeued %d task(s) of %s (after the broker came back)", moved, cid)
         try:
             self.broker.heartbeat(self.opts.owner, self.app.visibility_timeout, info)
+            signals.heartbeat_sent.send(sender=self)
             if self.lease is not None and not self.lease.renew() and not self.stopping:
                 self.handle_term()  # another master has this node's name now: leave it to them
             if not self.stopping:
@@ -460,9 +555,14 @@ class Master:
             if self.beat_failing_since:
                 log.info("heartbeat restored after %.0fs", now - self.beat_failing_since)
                 self.beat_failing_since = 0.0
-        self.notifier.status(self.status_line())
-        if self.notifier.watchdog_interval:
-            self.notifier.watchdog()
+                self.stats.reconnects += 1
+        if self.health != health.OK:
+            log.warning("unhealthy: %s%s", self.health, "; not pinging the systemd watchdog"
+                        if self.notifier.watchdog_interval else "")
+        self.notifier.status(self.status_line() if self.health == health.OK else f"unhealthy: {self.health}")
+        if self.notifier.watchdog_interval and self.health == health.OK:
+            self.notifier.watchdog()  # only while healthy: systemd restarts a wedged node
+        self.events.worker("worker-heartbeat", self)
 
     def requeue_previous_incarnation(self) -> None:
         """Consumers registered under our node name but not ours died with a previous master on
@@ -482,11 +582,18 @@ class Master:
         """Replace this process image (same pid, so systemd and pid files stay right) with a fresh
         one; the old children finish their current task and are adopted by the new image."""
         self.notifier.reloading()
+        self.history.flush(force=True)  # what this image saw; the next one writes the rest
         for child in self.children.values():
             self.stop_child(child)
+        for child in self.children.values():
+            if child.events is not None:  # the new image reads the old children's last events
+                os.set_inheritable(child.events, True)
         state = {
-            "children": [{"pid": c.pid, "slot": c.slot, "cids": c.cids} for c in self.children.values()],
+            "children": [{"pid": c.pid, "slot": c.slot, "cids": c.cids, "events": c.events, "tasks_done": c.tasks_done,
+                          "tasks": [[t.id, t.cid, t.started, t.deadline, t.name, t.queue] for t in c.tasks.values()]}
+                         for c in self.children.values()],
             "pidfile": [str(self.pidfile.path), self.pidfile.keep_across_exec()] if self.pidfile and self.pidfile.fd else None,
+            "stats_fd": _to_memfd(self.stats.dump()),  # counters survive the reload
         }
         env = dict(os.environ, **{ADOPT_ENV: json.dumps(state)})
         if self.notifier.raw_address:
@@ -502,13 +609,36 @@ class Master:
         raw = os.environ.pop(ADOPT_ENV, None)
         if not raw:
             return
-        for item in json.loads(raw)["children"]:
-            child = Child(item["pid"], item["slot"], item["cids"], None, None, adopted=True, up=True)
+        state = json.loads(raw)
+        if isinstance(state.get("stats_fd"), int):
+            self.stats = NodeStats.load(_from_memfd(state["stats_fd"]))
+        for item in state["children"]:
+            events = item.get("events")
+            if isinstance(events, int):
+                try:
+                    os.set_inheritable(events, False)
+                    os.set_blocking(events, False)
+                except OSError:
+                    events = None
+            else:
+                events = None
+            child = Child(item["pid"], item["slot"], item["cids"], events, None, adopted=True, up=True,
+                          tasks_done=int(item.get("tasks_done") or 0))
+            for task_id, cid, started, deadline, name, queue in item.get("tasks") or []:
+                child.tasks[task_id] = Task(task_id, cid, started, deadline, name, queue)
             self.stop_child(child)
             self.children[child.pid] = child
+            if events is not None:
+                self.selector.register(events, selectors.EVENT_READ, child)
         log.info("reloaded: %d old children finish their tasks", len(self.children))
 
     def halt(self) -> None:
+        signals.worker_shutdown.send(sender=self)
+        self.events.worker("worker-offline", self)
+        self.events.flush()
+        self.history.flush(force=True)
+        if self.httpd is not None:
+            self.httpd.close()
         try:
             self.broker.stop_heartbeat(self.opts.owner)
         except _REDIS_DOWN:
@@ -520,6 +650,31 @@ class Master:
 
 def _signal_set() -> set[int]:
     return {getattr(signal, f"SIG{name}") for name in SIGNALS}
+
+
+def _to_memfd(text: str) -> int:
+    """An inheritable in-memory file holding `text`, for the re-exec'd image (no size limit,
+    unlike the environment)."""
+    fd = os.memfd_create("qdeploy-reexec", 0)
+    os.write(fd, text.encode())
+    os.set_inheritable(fd, True)
+    return fd
+
+
+def _from_memfd(fd: int) -> bytes:
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    except OSError:
+        return b""
+    finally:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
 
 
 def _drain(fd: int) -> None:

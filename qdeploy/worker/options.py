@@ -27,6 +27,13 @@ class WorkerOptions(service.DaemonOptions):
     soft_time_limit: float
     graceful_timeout: float
     config_file: str | None = None  # the file the config came from, if any
+    task_events: bool = False  # publish events (qdeploy.ops.events)
+    metrics_port: int = 0  # /metrics and /healthz (qdeploy.ops.metrics); 0 = off
+    metrics_bind: str = "127.0.0.1"
+    health_stuck_after: float = 30.0
+    health_reconnect_limit: float = 60.0
+    history_max: int = 0  # tasks kept in the task history (qdeploy.ops.history); 0 = none
+    history_args: str = "failures"  # whose arguments the history keeps: all, failures, none
 
     def title(self) -> str:
         return f"qdeploy worker {self.node} master"
@@ -63,4 +70,20 @@ def resolve(cfg: Config, node: str | None, *, name: str | None = None, hostname:
                                 logfile=flags.get("logfile"), log_format=flags.get("log_format"),
                                 detach=flags.get("detach")),
         config_file=cfg.source,
+        task_events=bool(flags.get("task_events") or per_node["task_events"]),
+        metrics_port=metrics_port(cfg, node) if node else per_node["metrics_port"],
+        metrics_bind=cfg["metrics_bind"],
+        health_stuck_after=per_node["health_stuck_after"],
+        health_reconnect_limit=per_node["health_reconnect_limit"],
+        history_max=cfg["history_max"],
+        history_args=cfg["history_args"],
     )
+
+
+def metrics_port(cfg: Config, node: str) -> int:
+    from qdeploy.generator.config import ConfigError, node_ports
+
+    try:
+        return node_ports(cfg)[node]
+    except ValueError as exc:
+        raise ConfigError(f"{cfg.source or 'config'}: worker.metrics_port: {exc}") from None

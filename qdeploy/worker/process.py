@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import fcntl
+import json
 import logging
 import os
 import random
@@ -21,8 +22,12 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 from qdeploy.core.connection import fill_stdio
+from qdeploy.core.message import TASK_ID
 from qdeploy.defaults import EX_UNAVAILABLE
+from qdeploy.ops import tracing
+from qdeploy.ops.history import ARGS_MAX
 from qdeploy.service import logs
+from qdeploy.worker.lifecycle import process_init, process_shutdown
 from qdeploy.worker.options import WorkerOptions
 
 log = logging.getLogger("qdeploy.worker")
@@ -31,6 +36,9 @@ CHILD_BOOT_ERROR = EX_UNAVAILABLE  # the child could not even start consuming
 SPARE_LEAD = 10  # a recycling child asks for its spare successor when this many tasks are left
 PR_SET_PDEATHSIG = 1
 _PAGE = os.sysconf("SC_PAGE_SIZE")
+MAX_LINE = 4000  # an event line stays shorter (the master's MAX_EVENT is 4096, PIPE_BUF too)
+_encode_call = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode
+CUT_ARGS = 500  # characters of the repr kept of arguments too large for the history (not retryable)
 
 
 _prctl: Any
@@ -89,14 +97,58 @@ def restore_stdio() -> None:
         except OSError:
             pass
         os.dup2(saved, fd)
+    logs.restore_redirect()  # print() goes to the log again, also if the task replaced sys.stdout
+
+
+OUTCOME = {"SUCCESS": "succeeded", "RETRY": "retried"}  # a result state -> the D line's word; else failed
+
+
+def _text(error: BaseException) -> str:
+    try:
+        return str(error)
+    except Exception:  # noqa: BLE001 - user code: an exception whose __str__ raises
+        return f"<unprintable {type(error).__name__}>"
+
+
+def history_tail(env, with_call: bool, room: int) -> str:
+    """The task history's part of an `S` line, after the name (history.FIELDS' last seven, as
+    the master stores them): ` retries<TAB>sent<TAB>eta<TAB>parent<TAB>root<TAB>group<TAB>call`
+    (sent only with an ETA: the master knows when the task was due). At most `room` characters,
+    pure ASCII without newlines: the whole line stays under MAX_LINE, so the master reads it and
+    one write() of it is atomic (PIPE_BUF). Cheap when there is nothing to say: it runs for
+    every task."""
+    if env.parent_id or env.root_id or env.group:
+        ids = "\t".join(v if isinstance(v, str) and TASK_ID.fullmatch(v) else ""
+                        for v in (env.parent_id, env.root_id, env.group))
+    else:
+        ids = "\t\t"
+    eta = env.eta
+    tail = (f" {env.retries}\t{int(env.created * 1e6)}\t{int(eta * 1e6)}\t{ids}\t" if eta  # microseconds
+            else f" {env.retries}\t\t\t{ids}\t")
+    if len(tail) > room:
+        return ""
+    return tail + call_text(env, room - len(tail)) if with_call else tail
+
+
+def call_text(env, room: int = ARGS_MAX) -> str:
+    """`[args, kwargs]` as compact ASCII JSON when it fits in ARGS_MAX bytes (and `room`), else
+    `~` and the start of it: shown by the dashboard, not retryable."""
+    try:
+        call = _encode_call([env.args, env.kwargs])
+    except (TypeError, ValueError):
+        call = "~" + ascii((env.args, env.kwargs))[:CUT_ARGS]
+    if len(call) > min(ARGS_MAX, room):
+        call = "~" + call.lstrip("~")[:max(0, min(CUT_ARGS, room - 1))]
+    return call
 
 
 class ChildLink:
     """The child's end of the two pipes, the flags its signal handlers record, and the task
     count and soft deadlines shared by its consumer threads."""
 
-    def __init__(self, events: int, control: int, opts: WorkerOptions, slot: int):
+    def __init__(self, events: int, control: int, opts: WorkerOptions, slot: int, beacon=None):
         self.events, self.control, self.opts, self.slot = events, control, opts, slot
+        self.mark = beacon[0].marker(beacon[1]) if beacon is not None else None  # "still polling", each turn
         self.stop_reason = ""
         self.reopen_logs = False
         jitter = opts.max_tasks_jitter
@@ -105,6 +157,10 @@ class ChildLink:
         # `P` is sent when task number `spare_at` starts (0: as soon as the child consumes)
         self.spare_at = max(0, self.max_tasks - SPARE_LEAD) if self.max_tasks else None
         self.hard = opts.time_limit
+        self.history = opts.history_max > 0  # the S line carries what the task history keeps
+        self.all_args = opts.history_args == "all"  # in the S line; "failures": an A line before a failure's D
+        self.failure_args = self.history and opts.history_args == "failures"
+        self.envs: dict[int, object] = {}  # thread id -> the envelope it runs (for its failure's A line)
         self.started = 0  # tasks started, all threads together
         self.running: dict[int, tuple[float, str]] = {}  # thread id -> (soft deadline, task id)
         self.lock = threading.Lock()
@@ -121,6 +177,8 @@ class ChildLink:
         return os.read(self.control, 1) == b"g"
 
     def should_stop(self) -> bool:
+        if self.mark is not None:
+            self.mark(time.monotonic())
         if self.reopen_logs:
             self.reopen_logs = False
             logs.reopen()
@@ -131,13 +189,22 @@ class ChildLink:
         return bool(self.stop_reason)
 
     def hooks(self, cid: str) -> dict:
-        def on_task_start(task_id: str, name: str, started: float, limits: dict) -> None:
+        def on_task_start(task_id: str, name: str, started: float, limits: dict, env=None) -> None:
             with self.lock:
                 self.started += 1
             soft = limits.get("soft") or self.opts.soft_time_limit
             if soft and threading.current_thread() is not threading.main_thread():
                 self.running[threading.get_ident()] = (time.monotonic() + soft, task_id)
-            self.send(f"S {task_id} {limits.get('hard') or self.hard or 0} {cid}")
+            queue, wait = "-", 0.0
+            if env is not None:
+                queue = env.queue
+                wait = max(0.0, started - max(env.created or started, env.eta or 0.0))
+            line = f"S {task_id} {limits.get('hard') or self.hard or 0} {cid} {queue} {wait:.6f} {name}"
+            if self.history and env is not None:
+                line += history_tail(env, self.all_args, MAX_LINE - len(line))
+                if self.failure_args:
+                    self.envs[threading.get_ident()] = env
+            self.send(line)
             if self.started == self.spare_at:
                 self.send("P")
             if self.max_tasks and self.started == self.max_tasks:  # the last one: its successor
@@ -145,10 +212,18 @@ class ChildLink:
             if self.opts.threads == 1:
                 set_title(f"qdeploy worker {self.opts.node} child {self.slot}: {name}[{task_id}]")
 
-        def on_task_done(task_id: str, name: str, state: str, runtime: float) -> None:
+        def on_task_done(task_id: str, name: str, state: str, runtime: float, error=None) -> None:
             self.running.pop(threading.get_ident(), None)
             restore_stdio()
-            self.send(f"D {task_id}")
+            outcome = OUTCOME.get(state, "failed")
+            if self.failure_args:
+                env = self.envs.pop(threading.get_ident(), None)
+                if env is not None and outcome != "succeeded":  # its arguments, for the history (retry)
+                    self.send(f"A {task_id} {call_text(env, MAX_LINE - len(task_id) - 3)}")
+            detail = ""
+            if error is not None and outcome != "succeeded":
+                detail = f" {type(error).__name__}: {_text(error)}"[:300]
+            self.send(f"D {task_id} {outcome} {max(0.0, runtime):.6f}{detail}")
             if self.opts.threads == 1:
                 set_title(f"qdeploy worker {self.opts.node} child {self.slot}: idle")
             limit = self.opts.max_memory_per_child
@@ -170,12 +245,12 @@ class ChildLink:
 
 
 def child_main(app, opts: WorkerOptions, slot: int, cids: list[str], events: int, control: int,
-               broker=None, spare: bool = False) -> NoReturn:
+               broker=None, spare: bool = False, beacon=None) -> NoReturn:
     """Entry point in the forked child; never returns. `broker`: the master's unconnected
     consumer-side Broker, so a child only opens its own connection. A `spare` boots, connects,
-    then waits for the master's go before it takes a task."""
+    then waits for the master's go before it takes a task. `beacon`: (Beacons, slot)."""
     code = 0
-    link = ChildLink(events, control, opts, slot)
+    link = ChildLink(events, control, opts, slot, beacon)
     try:
         set_pdeathsig()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1):
@@ -188,6 +263,11 @@ def child_main(app, opts: WorkerOptions, slot: int, cids: list[str], events: int
         except OSError as exc:  # e.g. --logfile=/dir/%n%I.log in a directory it cannot write
             link.send(f"E cannot open its log file {exc.filename or ''}: {exc.strerror or exc}")
             os._exit(CHILD_BOOT_ERROR)
+        logs.redirect_stdio()  # a task's print() reaches the log at once, line by line
+        if opts.task_events:  # what its tasks send is a task-sent event
+            from qdeploy.ops.events import send_sent_events
+
+            send_sent_events(app)
         set_title(f"qdeploy worker {opts.node} child {slot}: {'spare' if spare else 'idle'}")
         code = _consume(app, opts, cids, link, broker, spare)
     except BaseException as exc:
@@ -195,8 +275,14 @@ def child_main(app, opts: WorkerOptions, slot: int, cids: list[str], events: int
         log.exception("child %s crashed: %s", cids[0], exc)
         code = 1
     finally:
+        process_shutdown(code)  # issue 19: worker_process_shutdown, before every exit (recycling too)
+        tracing.flush()  # spans still in a batch processor: a recycled child loses none (os._exit skips atexit)
+        for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+            try:
+                stream.flush()  # type: ignore[union-attr]  # a partial last line of a task's output
+            except (OSError, ValueError, AttributeError):
+                pass
         logging.shutdown()
-    sys.stdout.flush()
     os._exit(code)
 
 
@@ -206,6 +292,9 @@ def _consume(app, opts: WorkerOptions, cids: list[str], link: ChildLink, broker=
     consumer in the main thread (where SIGALRM enforces the time limits)."""
     from qdeploy.worker.child import Consumer
 
+    if failed := process_init():  # issue 19: before it consumes (spares too); only this stops a child
+        link.send(f"E worker_process_init failed: {failed}")
+        return CHILD_BOOT_ERROR
     try:
         consumers = [
             Consumer(app, opts.queues, cid, owner=opts.owner, heartbeat=False, fresh=True, broker=broker,

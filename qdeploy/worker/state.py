@@ -7,11 +7,17 @@
         └──────────── stop ──▶ STOPPING          (the master asked it to finish and leave)
     any state ── reaped ──▶ EXITED
 
-Events arrive from the child on its events pipe, one line each: `U` (up), `S <id> <hard> <cid>`
-(task started by consumer <cid>; hard limit in seconds or 0), `D <id>` (task done),
-`P` (few tasks left: fork my successor now), `R <reason>` (retiring), `E <reason>` (cannot
-boot). A child with T threads runs up to T tasks at once, each under its own consumer identity;
-it is BUSY while any of them runs.
+Events arrive from the child on its events pipe, one line each: `U` (up),
+`S <id> <hard> <cid> <queue> <wait> <name> [<history>]` (task started by consumer <cid>; hard
+limit in seconds or 0; its queue, the seconds it waited there since it was due, the task name,
+and with the task history on: `retries sent eta parent root group [call]`),
+`D <id> <outcome> <runtime> [<detail>]` (task done: succeeded, failed or retried, the run time
+in seconds, and for a failure or retry the exception), `P` (few tasks left: fork my successor
+now), `R <reason>` (retiring), `E <reason>` (cannot boot), `A <id> <call>` (the arguments of a
+task about to fail or retry, for the task history: just before its `D`). The short forms of a child from
+before a reload, `S <id> <hard> <cid>` and `D <id>`, are still read. A child with T threads
+runs up to T tasks at once, each under its own consumer identity; it is BUSY while any of them
+runs.
 
 A spare is forked ahead of a child that recycles (`P`), so the successor has booted and
 connected by the time it is needed. It takes no task until the master writes `g` ("go") on its
@@ -25,13 +31,18 @@ import enum
 import time
 from dataclasses import dataclass, field
 
-from qdeploy.core.message import TASK_ID
+from qdeploy.core.message import QUEUE_NAME, TASK_ID
 
 MAX_EVENT = 4096  # longer than any line a child sends (ids are at most 255 characters)
 MAX_LIMIT = 10 * 365 * 86400.0  # a hard time limit beyond ten years is not one
+OUTCOMES = ("succeeded", "failed", "retried")
+MAX_NAME = 200  # task names longer than this are cut
+MAX_CALL = 3000  # an A line's arguments (the child keeps them shorter: ops/history.ARGS_MAX)
 
 
 class State(enum.Enum):
+    __hash__ = object.__hash__  # members are singletons: identity hashing is C, Enum's is Python (2 per event)
+
     STARTING = "starting"
     IDLE = "idle"
     SPARE = "spare"
@@ -56,12 +67,20 @@ class IllegalTransition(RuntimeError):
     pass
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Task:
     id: str
     cid: str  # the consumer (thread) that holds it in Redis
     started: float  # monotonic
     deadline: float | None  # monotonic time at which the master kills the child
+    name: str = ""  # task name ("" from a child that did not say)
+    queue: str = ""
+    wait: float | None = None  # seconds it waited in its queue since it was due
+    outcome: str = ""  # once done: succeeded, failed, retried ("" if the child did not say)
+    runtime: float | None = None
+    detail: str = ""  # the exception of a failure or retry
+    extra: str = ""  # the S line after the name: what the task history keeps (ops/history.FIELDS)
+    call: str = ""  # its arguments, from an A line (a failure's, for the task history)
 
 
 @dataclass(eq=False)
@@ -84,6 +103,10 @@ class Child:
     stop_by: float | None = None  # monotonic time after which a stopping child is killed
     buffer: bytes = b""  # a partial event line
     ignored: int = 0  # malformed event lines it sent
+    beacon: int | None = None  # its slot in the master's Beacons (polling liveness)
+    idle_since: float = field(default_factory=time.monotonic)  # last start or end of a task
+    last_started: Task | None = None  # the task of the latest S line (for metrics and events)
+    last_done: Task | None = None  # the task of the latest D line
 
     def transition(self, new: State) -> None:
         if new is self.state:
@@ -136,26 +159,15 @@ class Child:
         elif kind == "P" and not rest:
             self.wants_spare = True
         elif kind == "S":
-            parts = rest.split(" ")
-            if len(parts) != 3 or not TASK_ID.fullmatch(parts[0]) or parts[2] not in self.cids:
-                return f"malformed task start {_shown(rest)}"
-            try:
-                limit = float(parts[1])
-            except ValueError:
-                return f"malformed time limit {_shown(parts[1])}"
-            if not 0 <= limit <= MAX_LIMIT:  # also NaN
-                return f"time limit out of range {_shown(parts[1])}"
-            now = time.monotonic()
-            self.tasks[parts[0]] = Task(parts[0], parts[2], now, now + limit if limit > 0 else None)
-            if self.state is State.IDLE:
-                self.transition(State.BUSY)
+            return self._started(rest)
         elif kind == "D":
-            if not TASK_ID.fullmatch(rest):
-                return f"malformed task end {_shown(rest)}"
-            self.tasks.pop(rest, None)
-            self.tasks_done += 1
-            if self.state is State.BUSY and not self.tasks:
-                self.transition(State.IDLE)
+            return self._done(rest)
+        elif kind == "A":
+            task_id, _, call = rest.partition(" ")
+            task = self.tasks.get(task_id)
+            if task is None or not call or len(call) > MAX_CALL:
+                return f"malformed task arguments {_shown(rest)}"
+            task.call = call
         elif kind == "R":
             self.retiring_reason = _shown(rest)
             if self.state in (State.IDLE, State.BUSY):
@@ -166,8 +178,95 @@ class Child:
             return f"unknown event {_shown(line)}"
         return None
 
+    def _started(self, rest: str) -> str | None:
+        parts = rest.split(" ", 5)
+        if len(parts) not in (3, 6) or not TASK_ID.fullmatch(parts[0]) or parts[2] not in self.cids:
+            return f"malformed task start {_shown(rest)}"
+        try:
+            limit = float(parts[1])
+        except ValueError:
+            return f"malformed time limit {_shown(parts[1])}"
+        if not 0 <= limit <= MAX_LIMIT:  # also NaN
+            return f"time limit out of range {_shown(parts[1])}"
+        name, queue, wait, extra = "", "", None, ""
+        if len(parts) == 6:
+            name, _, extra = parts[5].partition(" ")  # names have no spaces; the history's fields follow
+            queue, name = parts[3], _shown(name, MAX_NAME)
+            wait = _seconds(parts[4])
+            if wait is None or not name or (queue not in _QUEUES_SEEN and not _known_queue(queue)):
+                return f"malformed task start {_shown(rest)}"
+        now = time.monotonic()
+        task = Task(parts[0], parts[2], now, now + limit if limit > 0 else None, name, queue, wait, extra=extra)
+        self.tasks[parts[0]] = self.last_started = task
+        self.idle_since = now
+        if self.state is State.IDLE:
+            self.transition(State.BUSY)
+        return None
+
+    def _done(self, rest: str) -> str | None:
+        parts = rest.split(" ", 3)
+        task_id = parts[0]
+        if (task_id not in self.tasks and not TASK_ID.fullmatch(task_id)) or len(parts) == 2:  # a running id was checked
+            return f"malformed task end {_shown(rest)}"
+        outcome, runtime, detail = "", None, ""
+        if len(parts) > 2:
+            outcome, runtime = parts[1], _seconds(parts[2])
+            detail = _shown(parts[3], 300) if len(parts) == 4 else ""
+            if outcome not in OUTCOMES or runtime is None:
+                return f"malformed task end {_shown(rest)}"
+        now = time.monotonic()
+        task = self.tasks.pop(task_id, None) or Task(task_id, "", now, None)
+        task.outcome, task.runtime, task.detail = outcome, runtime, detail
+        self.last_done = task
+        self.tasks_done += 1
+        self.idle_since = now
+        if self.state is State.BUSY and not self.tasks:
+            self.transition(State.IDLE)
+        return None
+
+
+def exit_reason(child: Child, code: int) -> tuple[str | None, str]:
+    """Why a reaped child exited: one of metrics.EXIT_REASONS (None for a child that was asked
+    to stop, or stopped by itself without a limit) and the detail for its log line."""
+    killed = child.killed_for
+    if killed:
+        if killed.startswith("time limit"):
+            return "time_limit", killed
+        if killed.startswith("memory"):
+            return "hard_memory", killed
+        return "killed", killed
+    if code != 0:
+        how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+        return "crash", f"{how}: {child.boot_error}" if child.boot_error else how
+    reason = child.retiring_reason
+    if reason.startswith("max_tasks_per_child"):
+        return "max_tasks", reason
+    if reason.startswith("memory"):
+        return "max_memory", reason
+    return None, reason or "stopped"
+
+
+_QUEUES_SEEN: set[str] = set()  # queue names already checked (a node has a handful)
+
+
+def _known_queue(queue: str) -> bool:
+    if not QUEUE_NAME.fullmatch(queue):
+        return False
+    if len(_QUEUES_SEEN) < 1000:
+        _QUEUES_SEEN.add(queue)
+    return True
+
+
+def _seconds(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if 0 <= value <= MAX_LIMIT else None  # also NaN
+
 
 def _shown(text: str, limit: int = 120) -> str:
     """Text from a child, fit for one log line."""
-    text = "".join(c if c.isprintable() else "?" for c in text)
+    if not text.isprintable():  # the common case is one C call: a task name on every start line
+        text = "".join(c if c.isprintable() else "?" for c in text)
     return text if len(text) <= limit else text[:limit] + "..."

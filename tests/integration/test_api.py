@@ -38,7 +38,7 @@ def test_received_then_started_states_are_reported(app):
 
     a, b = plain.delay(), tracked.delay()
 
-    def on_start(task_id, name, started, limits):
+    def on_start(task_id, name, started, limits, *_):
         seen[name] = app.AsyncResult(task_id).state
 
     drain(app, 2, on_task_start=on_start)
@@ -337,7 +337,9 @@ def test_rate_limit_spaces_out_starts(app):
     for _ in range(3):
         rl.delay()
     drain(app, 3)
-    assert all(b - a >= 0.19 for a, b in zip(starts, starts[1:])), starts
+    # the limit is applied where the message is reserved (in Redis, fleet-wide): a start comes a
+    # few ms after its reservation, so starts may be that much closer than 1/rate
+    assert all(b - a >= 0.17 for a, b in zip(starts, starts[1:])), starts
 
 
 def test_hooks_report_start_and_done(app):
@@ -351,7 +353,7 @@ def test_hooks_report_start_and_done(app):
     ok, bad = h.delay(0), h.delay(1)
     consumer = Consumer(app, ["default"], "hooks", poll_interval=0.01,
                         on_task_start=lambda *a: events.append(("start", a[0], a[1])),
-                        on_task_done=lambda tid, name, state, rt: events.append(("done", tid, state)))
+                        on_task_done=lambda tid, name, state, rt, *_: events.append(("done", tid, state)))
     assert consumer.run(max_tasks=2) == 2
     assert events == [("start", ok.id, "h"), ("done", ok.id, "SUCCESS"),
                       ("start", bad.id, "h"), ("done", bad.id, "FAILURE")]
