@@ -209,8 +209,8 @@ def send_many(app: App, calls: Iterable[tuple], chords: list[ChordInit] | None =
     prelude = [command for chord in chords or () for command in chord.commands(app)]
     if items or prelude:
         publish(app, items, prelude, retry, policy or {})
-    if signals.after_task_publish.has_receivers:
-        for env in envs:
+    if signals.after_task_publish.has_receivers:  # a chord's body too: it is in Redis now, waiting
+        for env in [*envs, *(chord.body for chord in chords or ())]:
             signals.after_task_publish.send(sender=env.task, body=(env.args, env.kwargs, _embed(env)),
                                             exchange="", routing_key=env.queue, headers=celery_headers(env))
     return out

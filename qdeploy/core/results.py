@@ -106,17 +106,22 @@ class ResultTimeout(ResultError, TimeoutError):
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
-def describe(exc: BaseException) -> tuple[str, str, str]:
-    """(type name, message, traceback) of an exception, whatever it does: an exception whose
-    `__str__` or `__repr__` raises (or returns a non-string) gets a fallback text instead of
-    taking down the process that reports it."""
-    name = type(exc).__name__
+def exc_text(exc: BaseException) -> str:
+    """str(exc), or a fallback when the exception's `__str__` raises or returns a non-string."""
     try:
         text = str(exc)
         if not isinstance(text, str):
             raise TypeError("__str__ returned a non-string")
     except BaseException as err:  # noqa: BLE001 - user code
-        text = f"<unprintable {name}: str() raised {type(err).__name__}>"
+        text = f"<unprintable {type(exc).__name__}: str() raised {type(err).__name__}>"
+    return text
+
+
+def describe(exc: BaseException) -> tuple[str, str, str]:
+    """(type name, message, traceback) of an exception, whatever it does: an exception whose
+    `__str__` or `__repr__` raises (or returns a non-string) gets a fallback text instead of
+    taking down the process that reports it."""
+    name, text = type(exc).__name__, exc_text(exc)
     try:
         trace = "".join(traceback_module.format_exception(exc))
     except BaseException:  # noqa: BLE001 - the traceback module calls str(exc) too

@@ -7,8 +7,9 @@ A publish (`delay`, `apply_async`, a chain's next step, a chord's body) is a PRO
 context travels in the v2 envelope's `headers` (W3C `traceparent`/`tracestate`, injected by a
 `before_task_publish` receiver); a task run is a CONSUMER span, child of the publish that sent
 it (`task_prerun` extracts it from `task.request.headers`). While a task runs its span is the
-current one, so what it publishes — and the next step of its chain, or its chord's body,
-published with its ack — is a child of it: a chain is one trace. A child flushes its spans
+current one, so what it publishes — and the next step of its chain, published with its ack — is
+a child of it: a chain is one trace. A chord's body is published (to the chord's key) with its
+header, so its span is a sibling of the header's publishes. A child flushes its spans
 (`flush()`, called by the worker before any child exits: recycling, a stop) so a
 `--max-tasks-per-child 1` child loses none.
 

@@ -9,6 +9,10 @@ expires after the visibility timeout. A holder that is gone can be taken over at
 was on this host (its pid is dead, or belongs to a process started at another time): that is a
 restart after a crash or SIGKILL. A holder on another host is only known gone when its lease
 expires. A HUP re-exec keeps its pid and start time, so it keeps its own lease.
+
+A Redis that refuses writes for now (at `maxmemory` with `noeviction`, a read-only replica
+during a failover) is waited out at start, with back-off and one log line: the node comes up
+by itself when it takes writes again, as a running node does (docs/security.md).
 """
 
 from __future__ import annotations
@@ -17,8 +21,9 @@ import json
 import logging
 import os
 import socket
+import time
 
-from qdeploy.core.connection import RedisError
+from qdeploy.core.connection import RedisError, refused_for_now
 from qdeploy.defaults import EX_CANTCREAT, EX_UNAVAILABLE
 from qdeploy.service.daemon import DaemonError
 
@@ -52,10 +57,7 @@ class NodeLease:
 
     def take(self) -> None:
         """Take the node name, or raise DaemonError (exit 73) naming who holds it."""
-        try:
-            reply = self._call("take")
-        except RedisError as exc:
-            raise DaemonError(f"cannot take the node name {self.owner}: {exc}", EX_UNAVAILABLE) from None
+        reply = self._take_when_writable()
         if reply == 1:
             return
         holder = _parse(reply)
@@ -66,6 +68,20 @@ class NodeLease:
             f"node {self.owner} is already running (pid {holder.get('pid', '?')} on host "
             f"{holder.get('host', '?')}): stop it first, or give this worker another name with -n NAME@%h",
             EX_CANTCREAT)
+
+    def _take_when_writable(self, first_wait: float = 0.5, longest_wait: float = 30.0):
+        wait = first_wait
+        while True:
+            try:
+                return self._call("take")
+            except RedisError as exc:
+                if not refused_for_now(exc):
+                    raise DaemonError(f"cannot take the node name {self.owner}: {exc}", EX_UNAVAILABLE) from None
+                if wait == first_wait:
+                    log.warning("the broker refuses writes for now (%s): node %s waits for it, retrying "
+                                "with back-off", str(exc).split(".")[0], self.owner)
+            time.sleep(wait)
+            wait = min(longest_wait, wait * 2)
 
     def renew(self) -> bool:
         """Extend the lease; False when another master holds the name now."""

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from typing import Any, NoReturn
 
+from qdeploy.core import results
 from qdeploy.core.connection import fill_stdio
 from qdeploy.core.message import TASK_ID
 from qdeploy.defaults import EX_UNAVAILABLE
@@ -101,13 +102,6 @@ def restore_stdio() -> None:
 
 
 OUTCOME = {"SUCCESS": "succeeded", "RETRY": "retried"}  # a result state -> the D line's word; else failed
-
-
-def _text(error: BaseException) -> str:
-    try:
-        return str(error)
-    except Exception:  # noqa: BLE001 - user code: an exception whose __str__ raises
-        return f"<unprintable {type(error).__name__}>"
 
 
 def history_tail(env, with_call: bool, room: int) -> str:
@@ -222,7 +216,7 @@ class ChildLink:
                     self.send(f"A {task_id} {call_text(env, MAX_LINE - len(task_id) - 3)}")
             detail = ""
             if error is not None and outcome != "succeeded":
-                detail = f" {type(error).__name__}: {_text(error)}"[:300]
+                detail = f" {type(error).__name__}: {results.exc_text(error)}"[:300]
             self.send(f"D {task_id} {outcome} {max(0.0, runtime):.6f}{detail}")
             if self.opts.threads == 1:
                 set_title(f"qdeploy worker {self.opts.node} child {self.slot}: idle")

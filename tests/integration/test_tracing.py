@@ -59,6 +59,7 @@ def traced(otel_site):
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     tracing.instrument(provider)
+    exporter.provider = provider  # for a test's own spans
     yield exporter
     tracing.uninstrument()
 
@@ -76,12 +77,15 @@ def test_spans_per_publish_and_run_with_parents_through_chains_and_chords(master
     plain = tapp.send_task("tr.add", [2, 3])
     failed = tapp.send_task("tr.fail")
     chained = chain(signature("tr.add", (1, 2), app=tapp), signature("tr.add", (10,), app=tapp)).apply_async()
-    chorded = chord([signature("tr.add", (i, i), app=tapp) for i in range(3)], signature("tr.total", app=tapp)).apply_async()
+    with traced.provider.get_tracer("test").start_as_current_span("request") as request:  # a web request, say
+        chorded = chord([signature("tr.add", (i, i), app=tapp) for i in range(3)],
+                        signature("tr.total", app=tapp)).apply_async()
     assert plain.get(timeout=30) == 5 and chained.get(timeout=30) == 13 and chorded.get(timeout=30) == 6
     wait_until(lambda: failed.state == "FAILURE", 30)
     runs = lambda: [s for s in spans_of(spans_file) if s["name"].startswith("run ")]  # noqa: E731
     wait_until(lambda: len(runs()) == 8, 30, 0.2, what=f"8 run spans, one per task; got {len(runs())}")
-    produced = {s.attributes["messaging.message.id"]: s for s in traced.get_finished_spans()}
+    produced = {s.attributes["messaging.message.id"]: s for s in traced.get_finished_spans()
+                if "messaging.message.id" in s.attributes}
     worker = spans_of(spans_file)
     by_id = {s["span"]: s for s in worker}
     for s in traced.get_finished_spans():
@@ -94,6 +98,7 @@ def test_spans_per_publish_and_run_with_parents_through_chains_and_chords(master
     pub = produced[plain.id]
     assert run_of[plain.id]["parent"] == f"{pub.context.span_id:016x}" and run_of[plain.id]["kind"] == "CONSUMER"
     assert run_of[plain.id]["trace"] == f"{pub.context.trace_id:032x}" and pub.kind.name == "PRODUCER"
+    assert failed.id in run_of, (failed.id, list(run_of))
     assert run_of[failed.id]["status"] == "ERROR" and "exception" in run_of[failed.id]["events"]
     # a chain: step 2 was published by step 1's run (its publish span is a child of that run)
     first_id = chained.parent.id if getattr(chained, "parent", None) else None
@@ -103,10 +108,14 @@ def test_spans_per_publish_and_run_with_parents_through_chains_and_chords(master
     first = by_id[publish_2["parent"]]
     assert first["name"] == "run tr.add" and (first_id is None or first["attributes"]["messaging.message.id"] == first_id)
     assert len({second["trace"], publish_2["trace"], first["trace"]}) == 1
-    # a chord: the body's trace is the header's, through the last header task's publish
+    # a chord: its body's message is made (and published to the chord's key) by the producer
+    # with the header, so the body's run is a child of that publish, in the header's trace
     body = run_of[chorded.id]
-    body_publish = by_id[body["parent"]]
-    assert body_publish["name"] == "publish tr.total" and by_id[body_publish["parent"]]["name"] == "run tr.add"
-    assert body["trace"] == by_id[body_publish["parent"]]["trace"]
+    body_publish = produced[chorded.id]
+    assert body["parent"] == f"{body_publish.context.span_id:016x}" and body_publish.name == "publish tr.total"
+    assert body_publish.parent.span_id == request.get_span_context().span_id
+    header_runs = [s for s in runs() if s["trace"] == body["trace"] and s["attributes"]["qdeploy.task"] == "tr.add"]
+    assert len(header_runs) == 3, "the header's runs are in the request's trace, with the body's"
+    assert all(by_id[s["parent"]]["parent"] == f"{request.get_span_context().span_id:016x}" for s in header_runs)
     m.signal(15)
     assert m.wait(30) == 0

@@ -124,6 +124,20 @@ def test_detach_failure_after_the_fork_reaches_the_parent(redis_server, namespac
     assert "children keep failing to start" in done.stderr
 
 
+def test_detach_prints_a_childs_boot_error_with_its_exception(redis_server, namespace, world):
+    """#18 item 10: the reason a child cannot start (here a worker_process_init receiver that
+    raises) reaches the terminal of `--detach`, not only the master's log."""
+    pidfile = world / "z.pid"
+    done = worker_cmd(redis_server, namespace, "--allow-root", "--detach", "-c", "1", "--pidfile", str(pidfile),
+                      "--logfile", str(world / "z.log"), "-A", "tests.integration.signal_tasks:app",
+                      env={"QDEPLOY_TEST_PROCESS_INIT_FAILS": "1"}, timeout=60)
+    if pidfile.exists():
+        os.kill(int(pidfile.read_text()), signal.SIGKILL)
+    assert done.returncode == 3
+    assert "RuntimeError: db down" in done.stderr, done.stderr
+    assert "RuntimeError: db down" in (world / "z.log").read_text()
+
+
 def test_json_logs_and_usr2_reopen(masters, world, tapp):
     log = world / "json.log"
     m = masters("-c", "1", "--logfile", str(log), "--log-format", "json").ready()

@@ -184,12 +184,12 @@ def child() -> Child:
 def test_start_and_end_lines_carry_name_queue_wait_outcome_runtime():
     c = child()
     assert c.on_event("U") is None
-    assert c.on_event("S id-1 0 c1 images 0.250000 proj.resize thumb") is None
+    assert c.on_event("S id-1 0 c1 images 0.250000 proj.resize") is None  # task names have no spaces
     task = c.last_started
-    assert (task.name, task.queue, task.wait) == ("proj.resize thumb", "images", 0.25) and c.state is State.BUSY
+    assert (task.name, task.queue, task.wait) == ("proj.resize", "images", 0.25) and c.state is State.BUSY
     assert c.on_event("D id-1 failed 1.5 ValueError: bad\tpixel") is None
     done = c.last_done
-    assert (done.name, done.outcome, done.runtime, done.detail) == ("proj.resize thumb", "failed", 1.5, "ValueError: bad?pixel")
+    assert (done.name, done.outcome, done.runtime, done.detail) == ("proj.resize", "failed", 1.5, "ValueError: bad?pixel")
     assert c.state is State.IDLE and c.tasks_done == 1
     assert c.on_event("S id-2 0 c1") is None and c.on_event("D id-2") is None  # a child from before a reload
     assert c.last_done.outcome == "" and c.tasks_done == 2
