@@ -307,6 +307,9 @@ class ControlServer:
             if hit and terminate:
                 self.master.kill_child(child, "revoked")  # its task is requeued, then settled REVOKED
                 killed += hit
+                self.master.terminated.update(dict.fromkeys(hit))
+                while len(self.master.terminated) > 1000:
+                    self.master.terminated.pop(next(iter(self.master.terminated)))
             for task_id in hit:
                 self.master.events.emit("task-revoked", uuid=task_id, name=child.tasks[task_id].name,
                                         terminated=terminate)

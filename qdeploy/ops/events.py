@@ -5,7 +5,8 @@ A worker master with events on (`qdeploy worker -E`, `worker.task_events`, or at
 
     task-received, task-started      from a child's `S` line (name, queue; no arguments)
     task-succeeded (runtime), task-failed (exception), task-retried (exception)   from `D`
-    task-revoked                     `control revoke` of a task this node runs (terminated)
+    task-revoked                     `control revoke` of a task this node runs (terminated), or a
+                                     message revoked or expired before it ran (expired)
     worker-online, worker-heartbeat (every 2 s), worker-offline
 
 A producer publishes task-sent from a receiver of the `after_task_publish` signal that

@@ -38,7 +38,7 @@ from qdeploy.core.keys import TEMPLATES, lua_helpers
 from qdeploy.core.message import TASK_ID
 
 STATES = ("STARTED", "SUCCESS", "FAILURE", "RETRY", "REVOKED", "PENDING")
-OUTCOME_STATE = {"succeeded": "SUCCESS", "failed": "FAILURE", "retried": "RETRY"}
+OUTCOME_STATE = {"succeeded": "SUCCESS", "failed": "FAILURE", "retried": "RETRY", "revoked": "REVOKED"}
 DEFAULT_MAX = 100_000
 MINUTE_TTL = 2 * 86400  # per-minute chart data is kept two days
 TRIM_MAX = 5000  # records one batch trims at most (a lowered cap converges over a few batches)

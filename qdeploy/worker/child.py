@@ -109,7 +109,7 @@ class QueueGuard:
 class Consumer:
     def __init__(self, app: App, queues: list[str], consumer_id: str, *, owner: str | None = None,
                  on_task_start: Callable | None = None, on_task_done: Callable | None = None,
-                 poll_interval: float = 0.1, heartbeat: bool | None = None,
+                 on_task_revoked: Callable | None = None, poll_interval: float = 0.1, heartbeat: bool | None = None,
                  broker: Broker | None = None, default_limits: tuple = (None, None),
                  fresh: bool = False):
         if not queues:
@@ -118,6 +118,7 @@ class Consumer:
         self.app, self.queues, self.id = app, list(queues), consumer_id
         self.owner = owner or consumer_id
         self.on_task_start, self.on_task_done = on_task_start, on_task_done
+        self.on_task_revoked = on_task_revoked  # a message revoked or expired before it ran
         self.poll_interval = poll_interval
         self.broker = broker or app.connect_broker(retries=0)
         self.results = app.results_for(self.broker)
@@ -288,11 +289,8 @@ class Consumer:
             return self._dead(msg, None, f"malformed message: {exc.reason}")
         if env.id != msg.id:  # acking env.id would leave msg.id in flight forever
             return self._dead(msg, None, f"envelope id {env.id[:80]!r} differs from the queued id")
-        if msg.deliveries > self.app.max_deliveries:
-            return self._dead(msg, env, f"delivered {msg.deliveries} times without an ack "
-                              f"(max_deliveries={self.app.max_deliveries}); poison message?")
         task = self.app.tasks.get(env.task)
-        if msg.revoked or env.is_expired():
+        if msg.revoked or env.is_expired():  # before the delivery count: `revoke --terminate` redelivers it
             reason = "revoked" if msg.revoked else "expired"
             if reason == "expired":
                 log.info("task %s[%s] expired, not run", env.task, env.id)
@@ -300,7 +298,12 @@ class Consumer:
                 signals.task_revoked.send(sender=task, request=trace.request_for(task, env, msg.deliveries, self.id)
                                           if task is not None else None, terminated=False, signum=None,
                                           expired=reason == "expired")
+            if self.on_task_revoked:
+                self.on_task_revoked(env.id, env.task, env.queue, reason)
             return self._settle(env, results.REVOKED, reason=reason)
+        if msg.deliveries > self.app.max_deliveries:
+            return self._dead(msg, env, f"delivered {msg.deliveries} times without an ack "
+                              f"(max_deliveries={self.app.max_deliveries}); poison message?")
         if task is None:
             if signals.task_unknown._receivers:
                 signals.task_unknown.send(sender=self, message=msg, exc=KeyError(env.task), name=env.task, id=env.id)

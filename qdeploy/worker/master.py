@@ -83,6 +83,7 @@ class Master:
         self.beacons = Beacons()  # each child's "still polling" time, in shared memory
         self.health = health.OK
         self.events = EventPublisher(broker, opts.owner, enabled=opts.task_events)
+        self.terminated: dict[str, None] = {}  # ids killed by `revoke --terminate` (task-revoked already sent)
         self.history = HistoryWriter(broker, opts.owner, opts.history_max, opts.history_args)  # ops/history
         self.httpd: Any = None  # /metrics and /healthz (ops/httpd.HttpServer), when metrics_port is set
         prepare(app)
@@ -300,6 +301,8 @@ class Master:
                 self.task_finished(child, child.last_done)  # type: ignore[arg-type]
             elif kind == "S":
                 self.task_started(child, child.last_started)  # type: ignore[arg-type]
+            elif kind == "V":
+                self.task_revoked(child, child.last_revoked)  # type: ignore[arg-type]
             elif kind == "U":
                 self.boot_failures = 0
             elif kind == "R":
@@ -324,6 +327,18 @@ class Master:
             if task.outcome != "succeeded":
                 fields["exception"] = task.detail
             self.events.emit(f"task-{task.outcome}", **fields)
+
+    def task_revoked(self, child: Child, task: Task) -> None:
+        """A message revoked (or expired) before it ran: its child settled it without running it."""
+        self.history.started(child, task)
+        self.history.finished(child, task)
+        self.stats.finished(task.name, task.queue, "revoked", None)
+        if task.id in self.terminated:  # its `revoke --terminate` sent task-revoked already
+            del self.terminated[task.id]
+            return
+        if self.events.enabled:
+            self.events.emit("task-revoked", uuid=task.id, name=task.name, queue=task.queue, terminated=False,
+                             expired=task.detail == "expired")
 
     def _close_events(self, child: Child) -> None:
         if child.events is not None:

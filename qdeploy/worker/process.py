@@ -224,7 +224,10 @@ class ChildLink:
             if limit and not self.stop_reason and (rss := rss_kib()) > limit:
                 self.stop_reason = f"memory {rss} KiB > max_memory_per_child {limit} KiB"
 
-        return {"on_task_start": on_task_start, "on_task_done": on_task_done}
+        def on_task_revoked(task_id: str, name: str, queue: str, reason: str) -> None:
+            self.send(f"V {task_id} {queue} {reason} {name}")
+
+        return {"on_task_start": on_task_start, "on_task_done": on_task_done, "on_task_revoked": on_task_revoked}
 
     def enforce_soft_limits(self) -> None:
         """Raise SoftTimeLimitExceeded in threads past their soft deadline (SIGALRM only reaches

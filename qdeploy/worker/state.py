@@ -14,7 +14,8 @@ and with the task history on: `retries sent eta parent root group [call]`),
 `D <id> <outcome> <runtime> [<detail>]` (task done: succeeded, failed or retried, the run time
 in seconds, and for a failure or retry the exception), `P` (few tasks left: fork my successor
 now), `R <reason>` (retiring), `E <reason>` (cannot boot), `A <id> <call>` (the arguments of a
-task about to fail or retry, for the task history: just before its `D`). The short forms of a child from
+task about to fail or retry, for the task history: just before its `D`), `V <id> <queue> <why>
+<name>` (a message revoked or expired before it ran: why is `revoked` or `expired`). The short forms of a child from
 before a reload, `S <id> <hard> <cid>` and `D <id>`, are still read. A child with T threads
 runs up to T tasks at once, each under its own consumer identity; it is BUSY while any of them
 runs.
@@ -36,6 +37,7 @@ from qdeploy.core.message import QUEUE_NAME, TASK_ID
 MAX_EVENT = 4096  # longer than any line a child sends (ids are at most 255 characters)
 MAX_LIMIT = 10 * 365 * 86400.0  # a hard time limit beyond ten years is not one
 OUTCOMES = ("succeeded", "failed", "retried")
+REVOKED_WHY = ("revoked", "expired")  # a V line's reason
 MAX_NAME = 200  # task names longer than this are cut
 MAX_CALL = 3000  # an A line's arguments (the child keeps them shorter: ops/history.ARGS_MAX)
 
@@ -107,6 +109,7 @@ class Child:
     idle_since: float = field(default_factory=time.monotonic)  # last start or end of a task
     last_started: Task | None = None  # the task of the latest S line (for metrics and events)
     last_done: Task | None = None  # the task of the latest D line
+    last_revoked: Task | None = None  # the task of the latest V line (revoked before it ran)
 
     def transition(self, new: State) -> None:
         if new is self.state:
@@ -162,6 +165,8 @@ class Child:
             return self._started(rest)
         elif kind == "D":
             return self._done(rest)
+        elif kind == "V":
+            return self._revoked(rest)
         elif kind == "A":
             task_id, _, call = rest.partition(" ")
             task = self.tasks.get(task_id)
@@ -201,6 +206,16 @@ class Child:
         self.idle_since = now
         if self.state is State.IDLE:
             self.transition(State.BUSY)
+        return None
+
+    def _revoked(self, rest: str) -> str | None:
+        parts = rest.split(" ", 3)
+        if (len(parts) != 4 or not TASK_ID.fullmatch(parts[0]) or parts[2] not in REVOKED_WHY
+                or (parts[1] not in _QUEUES_SEEN and not _known_queue(parts[1])) or not parts[3]):
+            return f"malformed revoked task {_shown(rest)}"
+        now = time.monotonic()
+        self.last_revoked = Task(parts[0], "", now, None, _shown(parts[3], MAX_NAME), parts[1], outcome="revoked",
+                                 runtime=None, detail=parts[2])
         return None
 
     def _done(self, rest: str) -> str | None:

@@ -330,6 +330,16 @@ def test_a_listener_sees_every_kind_and_events_switch_at_runtime(masters, oapp, 
         tapp.revoke(long.id)
         Control(tapp.transport).request("revoke", {"ids": [long.id], "terminate": True}, timeout=2)
         assert listener.wait("task-revoked", long.id)["terminated"] is True
+        # settled REVOKED when redelivered, not dead-lettered as a poison message (max_deliveries is 1)
+        wait_until(lambda: long.state == "REVOKED", 15, what=f"the terminated task settled REVOKED, not {long.state} {long.info!r}")
+        early = oapp.send_task("o.ok", [4], countdown=0.5)  # revoked before it ran
+        tapp.revoke(early.id)
+        stale = oapp.send_task("o.ok", [5], countdown=0.5, expires=0.2)  # expired before it ran
+        for result, expired in ((early, False), (stale, True)):
+            seen = listener.wait("task-revoked", result.id)
+            assert (seen["name"], seen["queue"], seen["terminated"], seen["expired"]) == ("o.ok", "default", False, expired)
+            assert not listener.of("task-started", result.id)
+        assert len(listener.of("task-revoked", long.id)) == 1, "one event for a terminated task"
         listener.wait("worker-heartbeat")
         assert "s3cret-argument" not in json.dumps(listener.events)  # no arguments in events
         reply = Control(tapp.transport).request("disable_events", timeout=2)

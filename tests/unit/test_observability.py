@@ -575,3 +575,16 @@ def test_send_sent_events_publishes_on_after_task_publish_until_stopped():
         events.stop_sent_events(app)
     signals.after_task_publish.send(sender="t.add", headers={"id": "id-10"})
     assert len(published) == 1
+
+
+def test_a_revoked_line_is_checked_field_by_field():
+    c = child()
+    assert c.on_event("U") is None
+    assert c.on_event("V id-1 images expired proj.resize") is None
+    task = c.last_revoked
+    assert (task.id, task.queue, task.name, task.outcome, task.detail) == ("id-1", "images", "proj.resize", "revoked", "expired")
+    assert c.state is State.IDLE and c.tasks_done == 0, "a message it did not run is no task done"
+    for bad in ("V", "V id-2", "V id-2 images", "V id-2 images revoked", "V id-2 images killed proj.x",
+                "V \xff images revoked proj.x", "V id-2 im/ages revoked proj.x", "V id-2 images revoked "):
+        assert c.on_event(bad) is not None, bad
+        assert c.last_revoked is task
