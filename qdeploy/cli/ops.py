@@ -330,30 +330,39 @@ def _call(fn, command):
 
 # -- dashboard --------------------------------------------------------------------------------
 @click.command()
-@click.option("--port", type=click.IntRange(1, 65535), default=5555, show_default=True)
-@click.option("--bind", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
+@click.option("--bind", default="127.0.0.1", show_default=True, metavar="ADDRESS",
+              help="Address to listen on (0.0.0.0 or ::: every interface; put TLS in front).")
+@click.option("--port", default="5555", show_default=True, metavar="PORT", help="Port to listen on (0: any free one).")
 @click.option("--auth", envvar="QDEPLOY_DASHBOARD_AUTH", metavar="USER:PASS",
               help="Require HTTP basic auth (or $QDEPLOY_DASHBOARD_AUTH, which keeps it out of `ps`).")
-@click.option("--refresh", type=click.FloatRange(0.5, 60), default=2.0, show_default=True, help="Seconds between page updates.")
+@click.option("--trusted-header", metavar="NAME",
+              help="Behind a reverse proxy that authenticates: the header naming the user (e.g. X-Forwarded-User), "
+                   "believed only from --trusted-proxy addresses.")
+@click.option("--trusted-proxy", "trusted_proxies", multiple=True, metavar="ADDRESS[/BITS]",
+              help="Where --trusted-header may come from (repeat; default 127.0.0.1 and ::1).")
+@click.option("--allow-actions", is_flag=True,
+              help="Allow revoke, retry, requeue/purge dead letters, pool grow/shrink, shutdown and schedule changes "
+                   "(needs --auth or --trusted-header; each one is audited).")
+@click.option("--show-args", is_flag=True, help="Show task arguments (hidden by default: they may hold personal data).")
+@click.option("--refresh", default="2", show_default=True, metavar="SECONDS", help="Seconds between page updates.")
 @target_options
-def dashboard(port, bind, auth, refresh, target):
-    """A read-only web dashboard: nodes, queues, recent and failed tasks, live-updating."""
+def dashboard(bind, port, auth, trusted_header, trusted_proxies, allow_actions, show_args, refresh, target):
+    """The web dashboard: tasks (searchable history), workers, queues, charts, schedule, dead letters."""
     from qdeploy.ops import dashboard as dash
 
-    if auth is not None and (":" not in auth or not auth.partition(":")[0] or not auth.partition(":")[2]):
-        fail("dashboard", "--auth must be USER:PASS", EXIT_USAGE)
-    b = _broker(target, "dashboard")
     try:
-        server = dash.make_server(b, bind, port, auth=auth, refresh=refresh)
+        options = dash.Options.parse(bind=bind, port=port, auth=auth, trusted_header=trusted_header,
+                                     trusted_proxies=trusted_proxies, allow_actions=allow_actions,
+                                     show_args=show_args, refresh=refresh)
+    except ValueError as exc:
+        fail("dashboard", str(exc), EXIT_USAGE)
+    app = connect_app(*target.resolve("dashboard"), "dashboard")
+    try:
+        server = dash.build(app, options, target.config_file)
     except OSError as exc:
         fail("dashboard", f"cannot listen on {bind}:{port}: {exc.strerror or exc}", EXIT_USAGE)
-    click.echo(f"dashboard on http://{bind}:{server.server_address[1]}/ (read-only{', basic auth' if auth else ''})")
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+    click.echo(options.describe(server.server_address[1]))
+    dash.serve(server)
 
 
 COMMANDS = [status, inspect, control, queues, dead_letter, purge, dashboard]

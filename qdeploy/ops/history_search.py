@@ -42,6 +42,7 @@ SCAN_BUDGET = 200_000  # records a scanning search looks at, at most
 ARGS_BUDGET = 50_000  # records an argument search looks at, at most
 MAX_GATHER = 5_000  # candidates a run-time sort reads and sorts itself
 COMBO_CACHE = 1.0  # seconds the list of combos is reused
+RELATED_BUDGET = 20_000  # records a look for a task's children or group members reads, at most
 
 
 class QueryError(ValueError):
@@ -208,7 +209,7 @@ def _range(store, key: str, descending: bool, lo, hi, offset: int, count: int) -
         raw = store.client.zrevrangebyscore(key, hi, lo, start=offset, num=count)
     else:
         raw = store.client.zrangebyscore(key, lo, hi, start=offset, num=count)
-    return [r.decode() for r in raw]
+    return [r.decode("utf-8", "replace") for r in raw]
 
 
 def _merged(store, keys: list[str], descending: bool, lo, hi, offset: int, limit: int) -> list[str]:
@@ -229,7 +230,7 @@ def _merged(store, keys: list[str], descending: bool, lo, hi, offset: int, limit
                 pipe.zrangebyscore(key, lo, hi, start=positions[key], num=chunk, withscores=True)
         for key, got in zip(which, pipe.execute(), strict=True):
             positions[key] += len(got)
-            buffers[key] = [(-s if descending else s, m.decode()) for m, s in reversed(got)]
+            buffers[key] = [(-s if descending else s, m.decode("utf-8", "replace")) for m, s in reversed(got)]
             if len(got) < chunk:
                 done.add(key)
 
@@ -262,7 +263,7 @@ def _scan(store, query: Query, driver: str, filters, lo, hi, total: int | None) 
     while len(matched) < wanted and scanned < budget:
         reply = script(keys=[store.keys.rec, driver],
                        args=[hi, lo, scanned, SCAN_CHUNK, "1" if descending else "0", needle, *args_tail])
-        looked, hits = int(reply[0]), [m.decode() for m in reply[1:]]
+        looked, hits = int(reply[0]), [m.decode("utf-8", "replace") for m in reply[1:]]
         scanned += looked
         matched += hits
         if looked < SCAN_CHUNK:
@@ -283,7 +284,7 @@ def _gathered(store, query: Query, keys: list[str], lo, hi) -> Page:
     pipe = store.client.pipeline(transaction=False)
     for key in keys:
         pipe.zrangebyscore(key, lo, hi)
-    ids = list(dict.fromkeys(m.decode() for got in pipe.execute() for m in got))
+    ids = list(dict.fromkeys(m.decode("utf-8", "replace") for got in pipe.execute() for m in got))
     pairs = [(r["runtime"], r["id"]) for r in _rows(store, ids) if isinstance(r.get("runtime"), float)]
     pairs.sort(reverse=True)
     chosen = [m for _, m in pairs[query.offset:query.offset + query.limit]]
@@ -309,7 +310,7 @@ def _slowest(store, query: Query, filters, lo, hi) -> Page:
                              len(nodes), *nodes, len(names), *names])
         looked = int(reply[0])
         scanned += looked
-        matched += [m.decode() for m in reply[1:]]
+        matched += [m.decode("utf-8", "replace") for m in reply[1:]]
         if looked < SCAN_CHUNK:
             break
     ids = matched[query.offset:wanted]
@@ -325,6 +326,28 @@ def _script(store):
         source = resources.files("qdeploy.ops").joinpath("history_match.lua").read_text()
         script = _SCRIPTS[id(store.client)] = store.client.register_script(source)
     return script
+
+
+def referring(store: HistoryStore, task_id: str, since: float, limit: int = 100,
+              budget: int = RELATED_BUDGET) -> list[dict]:
+    """Records that name `task_id` as their parent, root or group, among the `budget` records
+    that started first from `since` on (a chain's next step, a chord's body and a group's
+    members start near each other: the task detail page's links). In Redis, as a search's
+    scan: history_match.lua with the id, between tabs, as the text."""
+    script = _script(store)
+    needle = f"\t{task_id}\t"
+    found: list[str] = []
+    scanned = 0
+    while len(found) < limit and scanned < budget:
+        reply = script(keys=[store.keys.rec, store.keys.time],
+                       args=["+inf", us(since), scanned, SCAN_CHUNK, "0", needle, "", "", 0, 0, 0])
+        looked = int(reply[0])
+        scanned += looked
+        found += [m.decode("utf-8", "replace") for m in reply[1:]]
+        if looked < SCAN_CHUNK:
+            break
+    rows = _rows(store, [i for i in dict.fromkeys(found) if i != task_id][:limit])
+    return [r for r in rows if task_id in (r.get("parent"), r.get("root"), r.get("group"))]
 
 
 def as_stored(text: str) -> str:

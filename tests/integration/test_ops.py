@@ -86,6 +86,9 @@ def test_no_password_in_output(make_server, namespace):
     assert result.returncode == 3 and "wrong-pw" not in result.stderr and "***" in result.stderr
 
     from qdeploy.core.broker import Broker
-    from qdeploy.ops.dashboard import snapshot
+    from qdeploy.ops.dashboard.api import Api
+    from qdeploy.ops.history import HistoryStore
 
-    assert "s3cr3t-pw" not in json.dumps(snapshot(Broker(server.url, namespace)))
+    broker = Broker(server.url, namespace)
+    overview = Api(None, broker, HistoryStore(broker.client, namespace), show_args=False, refresh=2.0).overview()
+    assert overview["broker"].startswith("redis://") and "s3cr3t-pw" not in json.dumps(overview)
