@@ -123,8 +123,15 @@ class Browser:
     def find_all(self, css: str) -> list[str]:
         return [e[ELEMENT] for e in self._s("POST", "/elements", {"using": "css selector", "value": css})]
 
-    def click(self, css: str) -> None:
-        self._s("POST", f"/element/{self.find(css)}/click")
+    def click(self, css: str, attempts: int = 5) -> None:
+        """Click the element `css` finds; found again if a live update replaced it in between."""
+        for attempt in range(attempts):
+            try:
+                return self._s("POST", f"/element/{self.find(css)}/click")
+            except WebDriverError as exc:
+                if "stale element reference" not in str(exc) or attempt == attempts - 1:
+                    raise
+                time.sleep(0.05)
 
     def type(self, css: str, text: str, clear: bool = True) -> None:
         element = self.find(css)
