@@ -15,6 +15,7 @@ _LAZY = {
     "Signature": "qdeploy.core.canvas", "signature": "qdeploy.core.canvas", "maybe_signature": "qdeploy.core.canvas",
     "chain": "qdeploy.core.canvas", "group": "qdeploy.core.canvas", "chord": "qdeploy.core.canvas",
     "chunks": "qdeploy.core.canvas", "ChordError": "qdeploy.core.canvas",
+    "shared_task": "qdeploy.core.shared",
 }
 __all__ = [*_LAZY, "__version__"]
 

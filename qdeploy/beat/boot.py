@@ -37,8 +37,40 @@ BootError = service.BootError
 class BeatOptions(service.DaemonOptions):
     config: Any  # qdeploy.generator.config.Config
     reload: Callable[[], Any]  # re-read the config file (HUP): a new Config
+    notes: tuple[str, ...] = ()  # what -s/-S do here, said once at start
+    max_interval: float | None = None  # --max-interval
     node: str = "beat"  # what qdeploy.service.logs expands %n to
     owner: str = f"beat@{socket.gethostname()}"
+
+
+# -S values that mean "the Django admin edits the schedule" (Celery's django-celery-beat, ours)
+DJANGO_SCHEDULERS = ("django_celery_beat.schedulers:DatabaseScheduler", "django_celery_beat.schedulers.DatabaseScheduler",
+                     "django", "qdeploy.contrib.django")
+
+
+def option_notes(schedule_file: str | None, scheduler: str | None) -> list[str]:
+    """Celery's beat -s/-S, accepted: what they mean here, one line each."""
+    notes = []
+    if schedule_file:
+        notes.append(f"-s {schedule_file}: not used: beat keeps its state (last runs, the leader lock) in Redis")
+    if scheduler in DJANGO_SCHEDULERS or (scheduler or "").startswith("qdeploy.contrib.django"):
+        notes.append(f"-S {scheduler}: the schedule lives in Redis; with 'qdeploy.contrib.django' in INSTALLED_APPS "
+                     "the Django admin edits it, and this beat sees each change within beat.max_interval")
+    elif scheduler:
+        notes.append(f"-S {scheduler}: not used: qdeploy's beat has one scheduler, with its schedule in Redis "
+                     "(qdeploy schedule add|remove|enable|disable edits it live)")
+    return notes
+
+
+def conflicts(app, cfg) -> list[str]:
+    """Settings both the app's config and qdeploy.toml/$QDEPLOY_*/flags set, differently."""
+    out = []
+    for key, conf_key in (("timezone", "timezone"), ("enable_utc", "enable_utc")):
+        if key in cfg.given and app.conf.is_set(conf_key) and app.conf.get(conf_key) not in (None, cfg[key]):
+            out.append(f"two values of {key}: {app.conf.get(conf_key)!r} from {app.conf.source_of(conf_key)} and "
+                       f"{cfg[key]!r} from {cfg.source or 'the environment'}; using the latter "
+                       "(qdeploy.toml, $QDEPLOY_* and flags win over the app's config)")
+    return out
 
 
 def static_entries(app, cfg) -> tuple[dict, object]:
@@ -67,6 +99,7 @@ def run(opts: BeatOptions) -> int:
     target = service.identity(opts, "beat")
     with service.daemonized(opts, target, "beat") as (readiness, _):
         broker = service.connect_broker(app)
+        service.start_notes(app, log, [*opts.notes, *conflicts(app, opts.config)])
         if opts.config["beat.metrics_port"]:
             try:
                 metrics.require_client()  # while we may still read the venv (as the worker does)
@@ -84,7 +117,7 @@ def serve(app, opts: BeatOptions, broker: Broker, entries: dict, tz, notifier: N
     for name in ("TERM", "INT", "QUIT", "HUP", "USR2"):
         signal.signal(getattr(signal, f"SIG{name}"), lambda signum, frame: signals.append(signum))
     beat = Beat(app, BeatStore(broker), static=entries, tz=tz, clock=SystemClock(read_end),
-                lock_timeout=cfg["beat.lock_timeout"] or 30.0, max_interval=cfg["beat.max_interval"] or 5.0,
+                lock_timeout=cfg["beat.lock_timeout"] or 30.0, max_interval=max_interval(app, opts),
                 misfire_grace=cfg["beat.misfire_grace"], holder=f"{socket.gethostname()}:{os.getpid()}")
     stop: list[int] = []
     server = serve_metrics(beat, cfg)
@@ -137,6 +170,18 @@ def serve(app, opts: BeatOptions, broker: Broker, entries: dict, tz, notifier: N
         server.close()
     log.info("beat %s stopped (%d sent)", beat.holder, beat.sent)
     return 0
+
+
+def max_interval(app, opts: BeatOptions) -> float:
+    """--max-interval, else beat.max_interval from the config, else the app's
+    beat_max_loop_interval, else 5 s."""
+    if opts.max_interval:
+        return opts.max_interval
+    cfg = opts.config
+    if "beat.max_interval" in cfg.given:
+        return cfg["beat.max_interval"] or 5.0
+    from_app = app.conf.service_settings("beat").get("max_interval")
+    return float(from_app[0]) if from_app and from_app[0] else (cfg["beat.max_interval"] or 5.0)
 
 
 def serve_metrics(beat: Beat, cfg):

@@ -47,5 +47,14 @@ class LazyGroup(click.Group):
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="qdeploy")
-def main() -> None:
+@click.option("-A", "--app", "app_path", default=None, metavar="APP",
+              help="The app for every command (Celery's `celery -A proj worker`): proj, proj.celery:app...")
+@click.option("-b", "--broker", default=None, metavar="URL", help="The broker URL for every command.")
+@click.option("--config", "config_file", default=None, metavar="FILE", help="The config file for every command.")
+def main(app_path, broker, config_file) -> None:
     """Run a Redis-backed task queue in production, and deploy it."""
+    from qdeploy.cli.common import GROUP
+    from qdeploy.core.discovery import cwd_on_path
+
+    cwd_on_path()  # `-A proj` from the project's directory, as with Celery: no PYTHONPATH
+    GROUP.update(app=app_path, broker=broker, config=config_file)

@@ -18,17 +18,27 @@ from qdeploy.service import daemon
 @click.command()
 @config_option
 @daemon_options("beat", "beat", "Log file (%n %h expanded). Default: stderr.")
+@click.option("-s", "--schedule", "schedule_file", metavar="FILE", default=None,
+              help="Celery's schedule file: accepted; beat keeps its state in Redis (a note says so).")
+@click.option("-S", "--scheduler", metavar="CLASS", default=None,
+              help="Celery's scheduler class: accepted; the schedule lives in Redis, and with qdeploy.contrib.django "
+                   "the Django admin edits it (django_celery_beat's DatabaseScheduler selects that).")
+@click.option("--max-interval", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
+              help="Longest sleep between schedule checks (beat.max_interval).")
 @setting_options(SERVICE_KEYS)
-def beat(config_file, uid, gid, allow_root, pidfile, logfile, log_format, detach, **settings):
+def beat(config_file, uid, gid, allow_root, pidfile, logfile, log_format, detach, schedule_file, scheduler,
+         max_interval, **settings):
     """Run the periodic task scheduler. Any number may run: one leads and sends, each run once."""
     from qdeploy.beat import boot as beatboot
     from qdeploy.service import boot as service
 
     cli = dict(settings)
     cfg = load_config(config_file, settings)
+    notes = beatboot.option_notes(schedule_file, scheduler)
     host = beatboot.BeatOptions.__dataclass_fields__["owner"].default.partition("@")[2]
     opts = beatboot.BeatOptions(
-        config=cfg, reload=lambda: load_config(config_file, dict(cli)),
+        config=cfg, reload=lambda: load_config(config_file, dict(cli)), notes=tuple(notes),
+        max_interval=max_interval,
         **service.daemon_fields(cfg, "beat", host, uid=uid, gid=gid, allow_root=allow_root, pidfile=pidfile,
                                 logfile=logfile, log_format=log_format, detach=detach))
     try:

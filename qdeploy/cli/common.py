@@ -13,6 +13,10 @@ from qdeploy.core.urls import redact_text
 from qdeploy.generator import config as config_mod
 from qdeploy.generator.settings import BY_KEY, Setting
 
+# `qdeploy -A proj -b URL --config FILE <command>`: the group's options, the defaults of every
+# command's own -A/-b/--config (which win).
+GROUP: dict[str, str | None] = {"app": None, "broker": None, "config": None}
+
 
 def fail(message: str, code: int = 1) -> NoReturn:
     """One line on stderr (every credential in a URL redacted), then exit `code`."""
@@ -20,13 +24,30 @@ def fail(message: str, code: int = 1) -> NoReturn:
     sys.exit(code)
 
 
+def _lower(ctx, param, value):
+    return value.lower() if isinstance(value, str) else value
+
+
+def _pool(ctx, param, value):
+    if isinstance(value, str) and value.lower() in ("eventlet", "gevent"):
+        fail(f"-P {value}: qdeploy has no {value.lower()} pool: use -P threads -c N (N threads in one supervised "
+             "child) for I/O-bound tasks, or prefork (the default) for CPU-bound ones", 2)
+    return value
+
+
+# Celery's spellings beside qdeploy's own (`--loglevel=INFO`).
+ALIASES = {"log_level": ("--loglevel",)}
+CALLBACKS = {"log_level": _lower, "worker.pool": _pool}
+
+
 def _option(setting: Setting) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     dest = setting.key.replace(".", "__")
-    names = [n for n in (setting.flag, setting.short) if n]
+    names = [n for n in (setting.flag, setting.short) if n] + list(ALIASES.get(setting.key, ()))
     help_text = f"{setting.help.replace('`', '')} [config: {setting.key}]"
     if setting.flag and "/" in setting.flag:
         return click.option(setting.flag, dest, default=None, help=help_text)
-    return click.option(*names, dest, default=None, metavar="VALUE", help=help_text)
+    return click.option(*names, dest, default=None, metavar="VALUE", help=help_text,
+                        callback=CALLBACKS.get(setting.key))
 
 
 def setting_options(keys: Iterable[str]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -44,10 +65,28 @@ def setting_options(keys: Iterable[str]) -> Callable[[Callable[..., Any]], Calla
 def load_config(config_file: str | None, kwargs: dict[str, Any]) -> config_mod.Config:
     """Pop the setting options out of `kwargs` and load the config; exit 2 on a bad config."""
     cli = {key: kwargs.pop(key.replace(".", "__")) for key in list(BY_KEY) if key.replace(".", "__") in kwargs}
+    for key in ("app", "broker"):
+        if cli.get(key) is None and GROUP[key] is not None:
+            cli[key] = GROUP[key]
+    check_broker_flag(cli.get("broker"))
     try:
-        return config_mod.load(config_file, cli)
+        return config_mod.load(config_file or GROUP["config"], cli)
     except config_mod.ConfigError as exc:
         fail(str(exc), exc.exit_code)
+
+
+def check_broker_flag(url: str | None) -> None:
+    """-b amqp://... (or $QDEPLOY_BROKER): one line saying what to use instead."""
+    import os
+
+    from qdeploy.core.config import ConfigurationError, check_transport
+
+    for where, value in (("-b", url), ("$QDEPLOY_BROKER", os.environ.get("QDEPLOY_BROKER"))):
+        try:
+            if value:
+                check_transport(value, where)
+        except ConfigurationError as exc:
+            fail(str(exc), 2)
 
 
 config_option = click.option(

@@ -67,7 +67,7 @@ def multi(ctx):
       qdeploy multi restart --config /etc/qdeploy/qdeploy.toml --rolling
       qdeploy multi stopwait 3 --timeout 30
     """
-    args = ctx.meta.get("qdeploy.multi", [])
+    args = _with_group_options(ctx.meta.get("qdeploy.multi", []))
     try:
         inv = multi_mod.parse(args, worker_spec())
         cfg = load_config(inv.config, {})
@@ -89,6 +89,20 @@ def multi(ctx):
     outcomes = _run(inv, nodes)
     _print_outcomes(outcomes, inv.as_json)
     sys.exit(0 if all(o.ok for o in outcomes) else 1)
+
+
+def _with_group_options(args: list[str]) -> list[str]:
+    """`qdeploy -A proj -b URL multi start w1`: the group's -A/-b go to every node (before a
+    `--` passthrough), unless the multi line has its own."""
+    from qdeploy.cli.common import GROUP
+
+    head, sep, tail = (args[: args.index("--")], ["--"], args[args.index("--") + 1:]) if "--" in args else (args, [], [])
+    extra = []
+    for flags, value in ((("-A", "--app"), GROUP["app"]), (("-b", "--broker"), GROUP["broker"]),
+                         (("--config",), GROUP["config"])):
+        if value and not any(a in flags or a.startswith(tuple(f + "=" for f in flags)) for a in head):
+            extra += [flags[-1], value]
+    return head + extra + sep + tail
 
 
 def _run(inv, nodes):

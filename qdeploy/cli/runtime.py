@@ -8,7 +8,6 @@ Every failure an operator can cause prints ONE line to stderr and exits non-zero
 from __future__ import annotations
 
 import functools
-import importlib
 import json
 import sys
 from dataclasses import dataclass
@@ -44,26 +43,29 @@ class Target:
 
     def resolve(self, command: str) -> tuple[str, str | None]:
         """(app path, broker URL or None for the app's own); a bad config: exit 2, one line."""
+        from qdeploy.cli.common import GROUP, check_broker_flag
         from qdeploy.generator import config as config_mod
 
+        broker = self.broker or GROUP["broker"]
+        check_broker_flag(broker)
         try:
-            cfg = config_mod.load(self.config_file, {"app": self.app_path, "broker": self.broker})
+            cfg = config_mod.load(self.config_file or GROUP["config"],
+                                  {"app": self.app_path or GROUP["app"], "broker": broker})
         except config_mod.ConfigError as exc:
             fail(command, str(exc), exc.exit_code)
         return cfg["app"], (cfg["broker"] if "broker" in cfg.given else None)
 
 
 def load_app(path: str, command: str):
-    from qdeploy.core.app import App
+    """The app `-A` names, found as the worker finds it (`proj`, `proj.celery:app`...)."""
+    from qdeploy.core.app import AppImportError
+    from qdeploy.core.discovery import AppNotFound, find_app
 
-    module_name, _, attr = path.partition(":")
     try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:  # noqa: BLE001 - ImportError, or the module itself raising while importing
-        fail(command, f"cannot import app {path!r}: {type(exc).__name__}: {exc}", EXIT_USAGE)
-    app = getattr(module, attr or "app", None)
-    if not isinstance(app, App):
-        fail(command, f"{path!r} is not a qdeploy App (expected 'module:attribute')", EXIT_USAGE)
+        app = find_app(path)
+        app.import_includes()  # include=/imports/autodiscover_tasks: the tasks `enqueue` checks names against
+    except (AppNotFound, AppImportError) as exc:
+        fail(command, str(exc), EXIT_USAGE)
     return app
 
 
@@ -71,7 +73,10 @@ def connect_app(app_path: str, broker: str | None, command: str):
     """Import the app, apply -b, and check the broker answers PING."""
     app = load_app(app_path, command)
     if broker:
-        app.configure(broker=broker)
+        try:
+            app.configure(broker=broker)
+        except ValueError as exc:
+            fail(command, str(exc), EXIT_USAGE)
     try:
         app.transport.ping()
     except BrokerURLError as exc:

@@ -22,6 +22,7 @@ from typing import Any
 from qdeploy import defaults
 from qdeploy.core import message, producer, results
 from qdeploy.core.broker import Broker, result_ttl_of
+from qdeploy.core.config import Conf, ConfigurationError, check_transport
 from qdeploy.core.connection import connect
 from qdeploy.core.results import AsyncResult, Results
 from qdeploy.core.signals import Signal
@@ -57,6 +58,16 @@ def current_app() -> App | None:
             return app
         _apps.pop()
     return None
+
+
+def all_apps() -> list[App]:
+    """Every live App of this process, oldest first (each once)."""
+    seen: dict[int, App] = {}
+    for ref in list(_apps):
+        app = ref()
+        if app is not None:
+            seen.setdefault(id(app), app)
+    return list(seen.values())
 
 
 def _result_backend(value: Any, where: str) -> str | None:
@@ -102,10 +113,21 @@ class App:
         if isinstance(self.include, str) or not all(isinstance(m, str) for m in self.include):
             raise TypeError(f"include must be a list of module names, not {self.include!r}")
         self.include = list(self.include)
+        if self.broker is not None:
+            check_transport(self.broker, "broker=")
         self._broker: Broker | None = None
         self._results: Results | None = None
         self._task_base: type | None = None
         self._finalized = False
+        self.router = None  # qdeploy.core.routing.Router, from task_routes
+        self._task_defaults: dict[str, Any] = {}  # task.<attr> settings (task_acks_late...)
+        self._autodiscover: list[tuple[Any, str]] = []
+        self._fixups: list = []
+        for key, arg, value in (("broker_url", "broker", self.broker), ("result_backend", "backend", self.result_backend),
+                                ("include", "include", self.include or None)):
+            if value is not None:
+                self.conf._store(key, value, f"{type(self).__name__}({self.main or ''!r}, {arg}=...)")
+        self.conf._bind(self)
         self.on_after_configure = Signal("on_after_configure", ("source",))
         self.on_after_finalize = Signal("on_after_finalize")
         self.task(name=PING_TASK)(_ping)  # every app answers it: `qdeploy verify`'s round trip
@@ -113,6 +135,9 @@ class App:
 
         self.task(name=STARMAP_TASK)(builtin_starmap(self))
         _apps.append(weakref.ref(self))
+        from qdeploy.core.shared import bind_all
+
+        bind_all(self)  # @shared_task functions declared before this app
 
     def __hash__(self):
         return id(self)
@@ -127,10 +152,132 @@ class App:
                 raise TypeError(f"unknown App setting {key!r}")
             if key in ("backend", "result_backend"):
                 self.result_backend = self.backend = _result_backend(value, key)
+                self.conf._store("result_backend", self.result_backend, f"app.configure({key}=...)")
                 continue
+            if key == "broker":
+                check_transport(value, "broker")
+                self.conf._store("broker_url", value, "app.configure(broker=...)")
             setattr(self, key, result_ttl_of(value) if key == "result_ttl" else value)
         self._broker = self._results = None
         return self
+
+    # -- configuration (Celery's app.conf, config_from_object) --------------------------------
+    def config_from_object(self, obj: Any, namespace: str | None = None, force: bool = False,
+                           silent: bool = False) -> None:
+        """Celery's: settings from a module (`'proj.celeryconfig'`), `'module:attr'`, Django's
+        `'django.conf:settings'` (with `namespace='CELERY'`: its CELERY_* settings), a class or
+        a dict. Each is checked now; a wrong one raises ConfigurationError (one line)."""
+        from qdeploy.core import celery_settings as cs
+        from qdeploy.core import config as config_mod
+
+        where = obj if isinstance(obj, str) else f"config_from_object({type(obj).__name__})"
+        if namespace is not None and (not isinstance(namespace, str) or not namespace.strip("_").isidentifier()):
+            raise ConfigurationError(f"config_from_object({where!r}): namespace must be a name like 'CELERY', "
+                                     f"not {namespace!r}")
+        try:
+            loaded = config_mod.load_object(obj)
+            items = config_mod.items_of(loaded, namespace, where)
+        except ConfigurationError:
+            if silent:
+                return
+            raise
+        prefix = f"{namespace.rstrip('_')}_" if namespace else ""
+        for key, value in items.items():
+            written = key if key.startswith(prefix) else prefix + key
+            self.conf.set(key, value, f"{where}: {written}")
+            if prefix and cs.canonical(key) is None:
+                close = cs.suggestion(key)
+                self.conf.add_note(key, f"{where}: {written} is not a Celery setting qdeploy knows"
+                                   + (f" (did you mean {prefix}{close.upper()}?)" if close else "")
+                                   + "; it is kept but unused")
+
+    def _setting_changed(self, attr: str, value: Any, key: str) -> None:
+        """app.conf changed an App attribute (qdeploy.core.celery_settings' `app.<attr>` targets)."""
+        from qdeploy.core.config import result_store_url
+
+        if attr == "broker":
+            if value is not None:
+                check_transport(value, "")
+            self.broker = value
+        elif attr == "result_backend":
+            self.result_backend = self.backend = _result_backend(result_store_url(value), key)
+        elif attr == "default_queue":
+            self.default_queue = value
+        elif attr == "routes":
+            from qdeploy.core.routing import Router
+
+            self.router = Router(value) if value else None
+        elif attr == "result_ttl":
+            self.result_ttl = result_ttl_of(int(value) if value else 0)
+        elif attr == "track_started":
+            self.track_started = bool(value)
+            self._task_default_changed("track_started", bool(value))
+        elif attr == "include":
+            self.include += [m for m in value if m not in self.include]
+        elif attr == "transport_options":
+            if value.get("visibility_timeout"):
+                self.visibility_timeout = float(value["visibility_timeout"])
+        self._broker = self._results = None
+
+    def _task_default_changed(self, attr: str, value: Any) -> None:
+        if value is None:
+            self._task_defaults.pop(attr, None)
+        else:
+            self._task_defaults[attr] = value
+        for task in list(self.tasks.values()):
+            self._apply_task_defaults(task, attr)
+
+    def _apply_task_defaults(self, task: TaskType, only: str | None = None) -> None:
+        """The app's task_* settings as defaults of `task`, unless its class sets the option."""
+
+        own = task.__dict__.setdefault("_from_conf", set())
+        classes = [c for c in type(task).__mro__ if c not in (Task, object)]
+        for attr in [only] if only else list(self._task_defaults):
+            if any(attr in vars(c) for c in classes) or (attr in task.__dict__ and attr not in own
+                                                         and attr != "track_started"):
+                continue  # the task (or its base class) says
+            if attr in self._task_defaults:
+                setattr(task, attr, self._task_defaults[attr])
+                own.add(attr)
+            elif attr in own:
+                delattr(task, attr)
+                own.discard(attr)
+            if attr == "rate_limit":
+                task.rate = parse_rate(task.rate_limit)
+
+    def autodiscover_tasks(self, packages=None, related_name: str = "tasks", force: bool = False) -> None:
+        """Celery's: import `<package>.<related_name>` for each package (a list, or a function
+        giving one); with none, the packages of Django's INSTALLED_APPS. Done when the worker or
+        beat loads the app (or now, with force=True). A package without the module is skipped."""
+        if packages is not None and not callable(packages) and (
+                isinstance(packages, str) or not all(isinstance(p, str) for p in packages)):
+            raise TypeError(f"autodiscover_tasks takes a list of package names, not {packages!r}")
+        if not isinstance(related_name, str) or not related_name.isidentifier():
+            raise TypeError(f"related_name must be a module name such as 'tasks', not {related_name!r}")
+        self._autodiscover.append((packages if packages is None or callable(packages) else list(packages),
+                                   related_name))
+        if force or self._finalized:
+            self._import_related()
+
+    def _import_related(self) -> None:
+        from qdeploy.core import discovery
+
+        for package, related_name in discovery.related_modules(self):
+            try:
+                discovery.import_related(package, related_name)
+            except Exception as exc:  # noqa: BLE001 - the tasks module raising while importing
+                raise AppImportError(f"cannot import {package}.{related_name} (autodiscover_tasks of app "
+                                     f"{self.main!r}): {type(exc).__name__}: {exc}") from None
+
+    def set_default(self) -> None:
+        """Celery's: make this app the current one (what @shared_task tasks use)."""
+        _apps.append(weakref.ref(self))
+
+    def route(self, name: str, args=(), kwargs=None, options: dict | None = None, task=None) -> str | None:
+        """The queue task_routes gives `name`, or None."""
+        if self.router is None:
+            return None
+        return self.router.route(name, args, kwargs or {}, options or {}, task)
 
     # -- the task base class (Celery's app.Task) -------------------------------------------------
     @property
@@ -189,6 +336,8 @@ class App:
                 raise TypeError(f"{func.name} is a task already: put @app.task last (outermost)")
             task = make_task(self, func, options.pop("base", None), **options)
             self.tasks[task.name] = task  # type: ignore[index]
+            if self._task_defaults:
+                self._apply_task_defaults(task)
             return task
         return register(fn) if fn is not None else register
 
@@ -204,6 +353,8 @@ class App:
             task.name = f"{type(task).__module__}.{type(task).__name__}"
         task.bind_app(self)
         self.tasks[task.name] = task
+        if self._task_defaults:
+            self._apply_task_defaults(task)
         return task
 
     def signature(self, name: str, args=None, kwargs=None, **options):
@@ -239,7 +390,16 @@ class App:
 
     # -- start-up (worker, beat) -----------------------------------------------------------------
     def import_includes(self) -> None:
-        """Import the modules of `include=` (what Celery's worker and beat do at start)."""
+        """What Celery's worker and beat do at start: install the fixups (Django's), import the
+        modules of `include=`/`imports` and those autodiscover_tasks() asked for."""
+        from qdeploy.core import discovery
+
+        if not self._fixups:
+            try:
+                self._fixups = discovery.install_fixups(self) or [None]
+            except Exception as exc:  # noqa: BLE001 - django.setup() failing: bad settings, an app that raises
+                raise AppImportError(f"app {self.main!r}: setting up Django failed: {type(exc).__name__}: {exc}") from None
+        self._import_related()
         for module in self.include:
             try:
                 importlib.import_module(module)
@@ -297,42 +457,20 @@ class App:
             Control(self.transport).request("revoke", {"ids": [task_id], "terminate": True}, timeout=1.0)
 
 
-class Conf:
-    """Celery-style `app.conf`: `beat_schedule`, `timezone`, `enable_utc` (read by `qdeploy beat`
-    and for naive `eta=` datetimes), `task_always_eager`, `task_eager_propagates`,
-    `task_protocol` (1 while workers of the previous release run); other attributes are kept."""
-
-    def __init__(self, **settings):
-        self.beat_schedule: dict = {}
-        self.timezone: str | None = None
-        self.enable_utc: bool = True
-        self.task_always_eager: bool = False
-        self.task_eager_propagates: bool = False
-        self.task_protocol: int = 2
-        self.update(**settings)
-
-    def update(self, mapping: dict | None = None, **settings) -> None:
-        for key, value in {**(mapping or {}), **settings}.items():
-            if key == "task_protocol" and value not in (1, 2):
-                raise ValueError(f"task_protocol must be 1 or 2, not {value!r}")
-            setattr(self, key, value)
-
-
 class AppImportError(ValueError):
     """`module:attribute` does not name an importable qdeploy App; one line for the operator."""
 
 
 def load_app(path: str) -> App:
-    """Import `module:attribute` (attribute defaults to `app`), check it is an App, import its
-    `include=` modules and finalize it (on_after_configure / on_after_finalize)."""
-    module_name, _, attr = path.partition(":")
+    """Find the app `-A path` names as Celery does (`proj`, `proj.celery:app`, ...:
+    qdeploy.core.discovery), import its `include=`/`imports`/autodiscovered modules and finalize
+    it (on_after_configure / on_after_finalize)."""
+    from qdeploy.core.discovery import AppNotFound, find_app
+
     try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:  # noqa: BLE001 - ImportError, or the module itself raising while importing
-        raise AppImportError(f"cannot import app {path!r}: {type(exc).__name__}: {exc}") from None
-    app = getattr(module, attr or "app", None)
-    if not isinstance(app, App):
-        raise AppImportError(f"{path!r} is not a qdeploy App (expected 'module:attribute')")
+        app = find_app(path)
+    except AppNotFound as exc:
+        raise AppImportError(str(exc)) from None
     app.import_includes()
     _apps.append(weakref.ref(app))
     app.finalize()

@@ -137,7 +137,9 @@ def build(app: App, task: Task | str, args=(), kwargs=None, *, countdown: float 
         parent_id, root_id = parent.id, root_id or parent.root_id or parent.id
     else:
         parent = None
-    queue = queue or (known.queue if known else None) or app.default_queue
+    queue = (queue or (known.queue if known else None)  # the call, the task, then task_routes
+             or (app.route(name, args, kwargs, {}, known) if getattr(app, "router", None) is not None else None)
+             or app.default_queue)
     if not (headers or link is not None or link_error is not None or chain or chord or group_id or parent_id
             or root_id or errback or unique or group_index is not None):
         return message.build(name, args, kwargs, task_id=task_id, eta=eta, expires=expires, queue=queue,

@@ -56,6 +56,7 @@ class DaemonOptions:
     state_dir: str
     start_timeout: float = START_TIMEOUT
     given_dirs: frozenset[str] = frozenset()  # which of log_dir/pid_dir/state_dir were configured
+    broker_source: str | None = None  # where `broker` came from (a flag, $QDEPLOY_BROKER, the file)
 
 
 def daemon_fields(cfg, name: str, host: str, *, uid=None, gid=None, allow_root=False, pidfile=None,
@@ -80,6 +81,8 @@ def daemon_fields(cfg, name: str, host: str, *, uid=None, gid=None, allow_root=F
         pid_dir=cfg["pid_dir"],
         state_dir=cfg["state_dir"],
         given_dirs=frozenset(key for key in ("log_dir", "pid_dir", "state_dir") if key in cfg.given),
+        broker_source=("the command line (-b)" if "broker" in cfg.explicit else "$QDEPLOY_BROKER"
+                       if "QDEPLOY_BROKER" in os.environ else cfg.source) if "broker" in cfg.given else None,
     )
 
 
@@ -107,11 +110,26 @@ def load(opts):
                             "or set workdir in the config", EX_USAGE) from None
     try:
         app = load_app(opts.app)
-    except AppImportError as exc:
+    except (AppImportError, ValueError) as exc:  # ValueError: a setting of the app's that cannot be used
         raise BootError(str(exc), EX_USAGE) from None
     if opts.broker:
-        app.configure(broker=opts.broker)
+        own, where = app.conf.get("broker_url"), app.conf.source_of("broker_url")
+        if own and own != opts.broker and where and not where.startswith("app.configure"):
+            app.conf.add_note("broker:conflict", f"two broker URLs: {redact(own)} from {where} and "
+                              f"{redact(opts.broker)} from {opts.broker_source or 'the config'}; using the latter "
+                              "(qdeploy.toml, $QDEPLOY_BROKER and -b win over the app's config)")
+        try:
+            app.configure(broker=opts.broker)
+        except ValueError as exc:
+            raise BootError(str(exc), EX_USAGE) from None
     return app
+
+
+def start_notes(app, log, extra: list[str] | tuple = ()) -> None:
+    """Log, once each, what the app's Celery settings do differently here (unsupported settings,
+    ignored values, conflicts with the config): the one warning at start each deserves."""
+    for note in [*app.conf.start_notes(), *extra]:
+        log.warning("config: %s", note)
 
 
 def identity(opts, what: str) -> daemon.Identity | None:

@@ -13,6 +13,7 @@ import logging
 import os
 
 from qdeploy.core import signals
+from qdeploy.defaults import EX_USAGE
 from qdeploy.service import boot as service
 from qdeploy.service import daemon
 from qdeploy.service.sdnotify import Notifier
@@ -20,7 +21,7 @@ from qdeploy.worker import child  # noqa: F401 - loaded before privileges are dr
 from qdeploy.worker.lease import NodeLease
 from qdeploy.worker.lifecycle import process_init, process_shutdown
 from qdeploy.worker.master import ADOPT_ENV, WORKER_BOOT_ERROR, Master
-from qdeploy.worker.options import WorkerOptions
+from qdeploy.worker.options import WorkerOptions, with_app
 from qdeploy.worker.process import restore_stdio, save_stdio
 
 log = logging.getLogger("qdeploy.worker")
@@ -31,10 +32,16 @@ def run(opts: WorkerOptions) -> int:
     reexec = json.loads(os.environ[ADOPT_ENV]) if ADOPT_ENV in os.environ else None
     service.check_config_file(opts.config_file)
     app = service.load(opts)
+    opts, notes = with_app(opts, app)  # the app's worker_* settings where the config set none
+    if opts.embed_beat and opts.pool == "solo":
+        raise service.BootError("-B runs beat as a child of the worker's master: -P solo has none "
+                                "(use -P prefork or threads, or run qdeploy beat)", EX_USAGE)
     notifier = Notifier()
     target = None if reexec else service.identity(opts, "tasks")
     with service.daemonized(opts, target, "worker", adopted=_adopted_pidfile(reexec), fresh=not reexec) as (readiness, pidfile):
         broker = service.connect_broker(app)
+        if not reexec:  # after the broker answered: a node that cannot start says only why
+            service.start_notes(app, log, notes)
         lease = NodeLease(broker, opts.owner, app.visibility_timeout)
         lease.take()  # before anything else: a second master of this node must not start
         _preload_metrics(opts.metrics_port)

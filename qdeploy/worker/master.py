@@ -34,7 +34,9 @@ from qdeploy.ops.history_writer import HistoryWriter
 from qdeploy.ops.metrics import NodeStats
 from qdeploy.service.daemon import signal_pid
 from qdeploy.service.sdnotify import Notifier
+from qdeploy.worker import autoscale as autoscale_mod
 from qdeploy.worker.child import prepare
+from qdeploy.worker.embedded_beat import BeatChild
 from qdeploy.worker.heartbeat import Beacons
 from qdeploy.worker.lifecycle import killed_followups
 from qdeploy.worker.options import WorkerOptions
@@ -86,6 +88,12 @@ class Master:
         self.terminated: dict[str, None] = {}  # ids killed by `revoke --terminate` (task-revoked already sent)
         self.history = HistoryWriter(broker, opts.owner, opts.history_max, opts.history_args)  # ops/history
         self.httpd: Any = None  # /metrics and /healthz (ops/httpd.HttpServer), when metrics_port is set
+        # --autoscale (worker/autoscale.py) and -B (worker/embedded_beat.py)
+        self.autoscaler = (autoscale_mod.Autoscaler(*opts.autoscale, autoscale_mod.keepalive_from_env())
+                           if opts.autoscale else None)
+        self._next_scale = 0.0
+        self.beat_child = BeatChild(opts, app) if opts.embed_beat else None
+        self._beat_due: float | None = None
         prepare(app)
 
     # -- start and the loop ------------------------------------------------------------------
@@ -105,6 +113,7 @@ class Master:
             self.reap_children()
             self.murder_children()
             self.manage_pool()
+            self.supervise_beat()
             self.beat()
             if self.reload_requested and not self.stopping:
                 self.reexec()
@@ -114,7 +123,7 @@ class Master:
         return self.exit_code
 
     def finished(self) -> bool:
-        return self.stopping is not None and not self.children
+        return self.stopping is not None and not self.children and (self.beat_child is None or self.beat_child.done)
 
     def init_signals(self) -> None:
         read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -181,6 +190,10 @@ class Master:
             deadlines.append(self.respawn_at)
         if self.opts.max_memory_per_child_hard:
             deadlines.append(self._next_memory_check)
+        if self.autoscaler is not None and not self.stopping:
+            deadlines.append(self._next_scale)
+        if self._beat_due is not None:
+            deadlines.append(self._beat_due)
         return min((d - now for d in deadlines), default=HEARTBEAT_EVERY)
 
     # -- signals -----------------------------------------------------------------------------
@@ -209,6 +222,8 @@ class Master:
         self.notifier.stopping()
         for child in self.children.values():
             self.kill_child(child, "cold shutdown")
+        if self.beat_child is not None:
+            self.beat_child.stop(time.monotonic(), cold=True)
 
     def handle_hup(self) -> None:
         log.info("reload requested: re-executing with fresh code; running tasks finish in the old children")
@@ -380,6 +395,8 @@ class Master:
                 return
             child = self.children.pop(pid, None)
             if child is None:
+                if self.beat_child is not None:
+                    self.beat_child.reaped(pid, os.waitstatus_to_exitcode(status), time.monotonic())
                 continue
             if child.events is not None:
                 self.read_events(child)  # the last lines it wrote
@@ -484,6 +501,8 @@ class Master:
         child is forked, and waits as a spare while that last task still runs."""
         if self.stopping:
             return
+        if self.autoscaler is not None:
+            self.autoscale()
         own = [c for c in self.children.values() if not c.adopted]
         serving = sorted((c for c in own if c.serving), key=lambda c: c.slot)
         for child in serving[self.target :]:
@@ -520,6 +539,27 @@ class Master:
             self.notifier.ready(self.status_line())
             if self.readiness is not None:
                 self.readiness.ok()
+
+    def autoscale(self) -> None:
+        """--autoscale: once a second, size the pool for the tasks running and waiting."""
+        now = time.monotonic()
+        if now < self._next_scale or self.autoscaler is None:
+            return
+        self._next_scale = now + autoscale_mod.CHECK_EVERY
+        try:
+            waiting = autoscale_mod.backlog(self.broker, self.opts.queues)
+        except _REDIS_DOWN:
+            return  # the heartbeat complains; the pool keeps its size
+        running = sum(len(c.tasks) for c in self.children.values() if c.serving)
+        size = self.autoscaler.decide(now, self.target, waiting, running, self.opts.threads)
+        if size != self.target:
+            log.info("autoscale: %d -> %d children (%d tasks waiting, %d running)", self.target, size, waiting, running)
+            self.target = size
+
+    def supervise_beat(self) -> None:
+        """-B: start, respawn or stop the beat child (worker/embedded_beat.py)."""
+        if self.beat_child is not None:
+            self._beat_due = self.beat_child.tick(time.monotonic(), bool(self.stopping))
 
     # -- heartbeat, status ---------------------------------------------------------------------
     def state(self) -> dict:
@@ -609,6 +649,7 @@ class Master:
                          for c in self.children.values()],
             "pidfile": [str(self.pidfile.path), self.pidfile.keep_across_exec()] if self.pidfile and self.pidfile.fd else None,
             "stats_fd": _to_memfd(self.stats.dump()),  # counters survive the reload
+            "beat": self.beat_child.pid if self.beat_child is not None else None,  # -B: adopted, not restarted
         }
         env = dict(os.environ, **{ADOPT_ENV: json.dumps(state)})
         if self.notifier.raw_address:
@@ -627,6 +668,8 @@ class Master:
         state = json.loads(raw)
         if isinstance(state.get("stats_fd"), int):
             self.stats = NodeStats.load(_from_memfd(state["stats_fd"]))
+        if isinstance(state.get("beat"), int) and self.beat_child is not None:
+            self.beat_child.adopt(state["beat"], time.monotonic())
         for item in state["children"]:
             events = item.get("events")
             if isinstance(events, int):

@@ -1,13 +1,20 @@
-"""The resolved options of one worker node: config file + node overrides + command-line flags."""
+"""The resolved options of one worker node: the app's configuration < config file + node
+overrides < $QDEPLOY_* < command-line flags.
+
+`resolve` builds them from the config before the app is imported; `with_app` then fills what
+the config left unset from the app's Celery settings (`worker_concurrency`, `task_time_limit`...:
+qdeploy.core.celery_settings' `worker.<key>` targets), and returns a note for every setting both
+set differently (one warning at start, naming both sources)."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 from dataclasses import dataclass
 
 from qdeploy.generator.config import Config
-from qdeploy.generator.settings import NODE_SETTINGS
+from qdeploy.generator.settings import BY_KEY, NODE_SETTINGS
 from qdeploy.service import boot as service
 
 
@@ -34,23 +41,61 @@ class WorkerOptions(service.DaemonOptions):
     health_reconnect_limit: float = 60.0
     history_max: int = 0  # tasks kept in the task history (qdeploy.ops.history); 0 = none
     history_args: str = "failures"  # whose arguments the history keeps: all, failures, none
+    autoscale: tuple[int, int] | None = None  # (max, min) children: --autoscale=MAX,MIN
+    embed_beat: bool = False  # -B: a supervised `qdeploy beat` child
+    sources: tuple[tuple[str, str], ...] = ()  # worker setting -> where the config set it
 
     def title(self) -> str:
         return f"qdeploy worker {self.node} master"
 
+    def source(self, key: str) -> str | None:
+        return dict(self.sources).get(key)
+
+
+def pool_shape(pool: str, concurrency: int, threads: int) -> tuple[str, int, int]:
+    """(pool, children, threads per child): Celery's `-P threads -c N` is N threads, here in one
+    supervised child; concurrency 0 is one child per CPU core."""
+    if pool == "threads":
+        return "prefork", 1, concurrency or 10 * (os.cpu_count() or 1)
+    return pool, concurrency or os.cpu_count() or 1, threads
+
+
+def source_of(cfg: Config, key: str, node: str | None = None) -> str | None:
+    """Where the config set `key` (None: it did not): a flag, an environment variable, a
+    [node] table or the file."""
+    if key in cfg.explicit:
+        return f"the command line ({BY_KEY[key].flag or key})" if key in BY_KEY else "the command line"
+    env = "QDEPLOY_" + key.upper().replace(".", "_")
+    if env in os.environ:
+        return f"${env}"
+    section, _, name = key.rpartition(".")
+    if section == "worker" and node:
+        from qdeploy.generator import nodes as nodes_mod
+
+        for selector, values in cfg.overrides.items():
+            if name in values and node in nodes_mod.select(selector, cfg.nodes):
+                return f"{cfg.source} [node.{selector}] {name}"
+    if key in cfg.given:
+        return f"{cfg.source} ({key})" if cfg.source else key
+    return None
+
 
 def resolve(cfg: Config, node: str | None, *, name: str | None = None, hostname: str | None = None,
-            **flags) -> WorkerOptions:
+            autoscale: tuple[int, int] | None = None, embed_beat: bool = False, **flags) -> WorkerOptions:
     """Options of config node `node` (its [node] tables applied), or with no node the [worker]
     section's, named `name` (default "worker"). `flags` are the worker-only command-line options
     (logfile, pidfile, detach, uid, gid...)."""
     per_node = cfg.node(node) if node else {key: cfg[f"worker.{key}"] for key in NODE_SETTINGS}
     name = node or name or "worker"
     host = hostname or socket.gethostname()
-    concurrency = per_node["concurrency"] or os.cpu_count() or 1
-    pool, threads = per_node["pool"], per_node["threads"]
-    if pool == "threads":  # Celery's -P threads -c N: N threads, here in one supervised child
-        pool, concurrency, threads = "prefork", 1, per_node["concurrency"] or 10 * (os.cpu_count() or 1)
+    pool, concurrency, threads = pool_shape(per_node["pool"], per_node["concurrency"], per_node["threads"])
+    if autoscale:
+        concurrency = autoscale[1] or 1
+    sources = tuple((key, src) for key in NODE_SETTINGS if (src := source_of(cfg, f"worker.{key}", node)))
+    if flags.get("task_events"):
+        sources += (("task_events", "the command line (-E)"),)
+    if autoscale:
+        sources += (("concurrency", "the command line (--autoscale)"),)
     return WorkerOptions(
         node=name,
         owner=f"{name}@{host}",
@@ -77,7 +122,54 @@ def resolve(cfg: Config, node: str | None, *, name: str | None = None, hostname:
         health_reconnect_limit=per_node["health_reconnect_limit"],
         history_max=cfg["history_max"],
         history_args=cfg["history_args"],
+        autoscale=autoscale,
+        embed_beat=embed_beat,
+        sources=sources,
     )
+
+
+# The app's worker settings qdeploy takes (celery_settings' worker.<key> targets) -> field.
+_FIELDS = ("concurrency", "max_tasks_per_child", "max_memory_per_child", "time_limit", "soft_time_limit",
+           "task_events", "pool")
+
+
+def with_app(opts: WorkerOptions, app) -> tuple[WorkerOptions, list[str]]:
+    """Fill what the config left unset from the app's settings; a note per conflict."""
+    given = dict(opts.sources)
+    changes: dict = {}
+    notes: list[str] = []
+    settings = app.conf.service_settings("worker")
+    for key in _FIELDS:
+        if key not in settings:
+            continue
+        value, where = settings[key]
+        if key in given:
+            current = getattr(opts, key)
+            shown = "threads" if key == "pool" and opts.threads > 1 and opts.concurrency == 1 else current
+            if value != shown and not (key == "concurrency" and not value):
+                notes.append(f"two values of worker {key}: {value!r} from {where} and {shown!r} from {given[key]}; "
+                             f"using {given[key]}'s (qdeploy.toml, $QDEPLOY_* and flags win over the app's config)")
+            continue
+        changes[key] = value
+    if "queues" not in given and app.default_queue != "default":  # Celery: no -Q = task_default_queue
+        changes["queues"] = [app.default_queue]
+    if "pool" in changes or "concurrency" in changes:
+        pool = changes.pop("pool", None) or opts.pool
+        concurrency = changes.pop("concurrency", None)
+        if pool == "threads":
+            pool, children, threads = pool_shape("threads", concurrency or 0, 1)
+        else:
+            _, children, threads = pool_shape(pool, concurrency or 0, opts.threads)
+            if concurrency is None:
+                children = opts.concurrency
+        changes.update(pool=pool, concurrency=children, threads=threads)
+    for key in ("time_limit", "soft_time_limit"):
+        if key in changes:
+            changes[key] = float(changes[key] or 0.0)
+    for key in ("max_tasks_per_child", "max_memory_per_child"):
+        if key in changes:
+            changes[key] = int(changes[key] or 0)
+    return (dataclasses.replace(opts, **changes) if changes else opts), notes
 
 
 def metrics_port(cfg: Config, node: str) -> int:

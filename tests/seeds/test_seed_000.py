@@ -122,3 +122,77 @@ def test_the_package_layout_add_task_and_get_result(project, qdeploy_namespace):
     from qdeploy.core.connection import connect
 
     assert connect(os.environ["SEED_BACKEND"]).get(f"{qdeploy_namespace}:r:{add_task.t1.id}") is not None
+
+
+# -- section 三: beat adds the tasks (timezone, enable_utc, beat_schedule), run by real services --
+
+BEAT_CELERY_PY = '''
+import os
+from qdeploy import Celery  # the seed: from celery import Celery
+
+broker = os.environ["SEED_BROKER"]    # the seed: 'redis://127.0.0.1:6379/1'
+backend = os.environ["SEED_BACKEND"]  # the seed: 'redis://127.0.0.1:6379/2'
+app = Celery(broker=broker, backend=backend, include=['celery_task.tasks'])
+
+
+# 时区
+app.conf.timezone = 'Asia/Shanghai'
+# 是否使用UTC
+app.conf.enable_utc = False
+
+# 任务的定时配置
+from datetime import timedelta
+from qdeploy.schedules import crontab  # the seed: from celery.schedules import crontab
+app.conf.beat_schedule = {
+    'low-task': {
+        'task': 'celery_task.tasks.low',
+        'schedule': timedelta(seconds=3),
+        # 'schedule': crontab(hour=8, day_of_week=1),  # 每周一早八点
+        'args': (300, 150),
+    }
+}
+'''
+
+
+@pytest.fixture
+def beat_project(tmp_path, make_server):
+    from tests.seeds.procs import clean_env
+
+    package = tmp_path / "celery_task"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "celery.py").write_text(BEAT_CELERY_PY)
+    (package / "tasks.py").write_text(TASKS_PY)
+    base = make_server().url.rsplit("/", 1)[0]
+    return tmp_path, clean_env(SEED_BROKER=f"{base}/1", SEED_BACKEND=f"{base}/2")
+
+
+def test_beat_section_sends_low_every_3s_and_the_worker_runs_it(beat_project):
+    """`celery beat -A celery_task -l info` and `celery worker -A celery_task -l info`, renamed."""
+    from tests.seeds.procs import QDEPLOY, Proc
+
+    root, env = beat_project
+    worker = Proc([QDEPLOY, "worker", "-A", "celery_task", "-l", "info", "--allow-root", "-c", "1"], root, env)
+    beat = Proc([QDEPLOY, "beat", "-A", "celery_task", "-l", "info", "--allow-root"], root, env)
+    try:
+        beat.wait_for("timezone Asia/Shanghai")
+        beat.wait_for("sent low-task: celery_task.tasks.low[", 15)
+        line = worker.wait_for("Task celery_task.tasks.low[", 15)
+        assert "succeeded" in line and line.endswith(": 150")
+        worker.wait_for("n-m的结果：150")  # the task's print() reaches the log
+        beat.wait_for("sent low-task", 15, count=2)  # and again 3 s later
+    finally:
+        assert beat.stop() == 0
+        assert worker.stop() == 0
+
+
+def test_the_windows_line_with_eventlet_says_what_to_use(beat_project):
+    """`celery worker -A celery_task -l info -P eventlet`: no eventlet pool here; one line."""
+    from tests.seeds.procs import QDEPLOY, run
+
+    root, env = beat_project
+    done = run([QDEPLOY, "worker", "-A", "celery_task", "-l", "info", "-P", "eventlet"], root, env)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.strip().splitlines() == [
+        "qdeploy: error: -P eventlet: qdeploy has no eventlet pool: use -P threads -c N (N threads in one supervised "
+        "child) for I/O-bound tasks, or prefork (the default) for CPU-bound ones"]
