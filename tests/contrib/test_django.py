@@ -19,7 +19,7 @@ from tests.contrib.djangoproj import POSTGRES, environ, make_project, manage, mi
 from tests.integration.conftest import wait_until
 from tests.seeds.procs import QDEPLOY, Proc
 
-pytest.importorskip("django", reason="pip install -e '.[test]' brings Django")  # the test extra has it
+import django  # noqa: F401 - the test extra brings it: missing is an error, not a skip
 
 
 @pytest.fixture
@@ -250,7 +250,7 @@ def test_sqlite_children_close_what_they_inherit(tmp_path, redis_url):
 @pytest.fixture
 def pg_database():
     """A private PostgreSQL database on the machine's server (127.0.0.1:5432, trust auth)."""
-    psycopg = pytest.importorskip("psycopg", reason="pip install -e '.[test]' brings psycopg")
+    import psycopg  # the test extra brings it
     name = f"qdeploy_{uuid.uuid4().hex[:12]}"
     try:
         admin = psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=test", autocommit=True)

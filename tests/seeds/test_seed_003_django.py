@@ -18,7 +18,7 @@ import pytest
 from tests.contrib.djangoproj import environ, make_project, manage, migrate
 from tests.seeds.procs import QDEPLOY, Proc
 
-pytest.importorskip("django", reason="pip install -e '.[test]' brings Django")
+import django  # noqa: F401 - the test extra brings it: missing is an error, not a skip
 
 ADD_IN_THE_ADMIN = """
 import json
@@ -58,7 +58,7 @@ def test_the_two_commands_and_a_periodic_task_added_in_the_admin(tmp_path, make_
 def test_the_supervisord_programs_of_the_seed_run_the_same_commands(tmp_path, make_server):
     """[program:celery-worker] command=celery -A izone worker -l info, directory=the project: a real
     supervisord with the seed's two programs, `celery` replaced by qdeploy's executable."""
-    supervisord = pytest.importorskip("supervisor", reason="the test extra has supervisor")
+    import supervisor as supervisord  # the test extra brings it
     assert supervisord
     root = make_project(tmp_path / "izone", name="izone", app1="easytask")
     env = environ(make_server().url)
