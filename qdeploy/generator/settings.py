@@ -159,6 +159,10 @@ SETTINGS: tuple[Setting, ...] = (
     _s("worker.task_events", False, t.boolean,
        "Publish task and worker events (`qdeploy events`); switch at run time with `qdeploy control "
        "enable_events|disable_events`. `-E` on `qdeploy worker`.", "--task-events/--no-task-events", per_node=True),
+    _s("worker.event_args", False, t.boolean,
+       "Put each task's arguments (`[args, kwargs]` as JSON, cut to 1,000 characters) in its `task-received` "
+       "event, as Celery's `argsrepr`/`kwargsrepr`. Off by default: arguments may hold secrets, and every "
+       "listener of the events channel sees them.", "--event-args/--no-event-args", per_node=True),
     _s("worker.metrics_port", 0, t.integer(0, 65535),
        "Serve Prometheus `/metrics` and `/healthz` on this port (needs `qdeploy[metrics]`); 0 = off. Set in "
        "`[worker]`, node N gets this port + N - 1 (the Nth node of `nodes`), or its own in `[node.N]`.",

@@ -14,7 +14,8 @@ A producer publishes task-sent from a receiver of the `after_task_publish` signa
 what tasks send is seen too). Events are
 buffered during one turn of the master's loop and published in one pipeline; with events off
 nothing is built at all (the drain benchmark checks it). Nobody listening costs Redis nothing
-but the PUBLISH. Events never carry task arguments or results.
+but the PUBLISH. Events carry no results, and task arguments only with `worker.event_args`
+(task-received's `args`/`kwargs`, as Celery's).
 """
 
 from __future__ import annotations
@@ -39,6 +40,19 @@ TYPES = TASK_TYPES + WORKER_TYPES
 MAX_EVENT = 16 * 1024  # a reader ignores anything larger
 MAX_PENDING = 10000  # events buffered while Redis is down are dropped beyond this
 _DOWN = BROKER_DOWN + (RedisError, OSError)
+
+
+def event_call(call: str) -> dict:
+    """A task's arguments for its task-received event (`worker.event_args`), from the child's `S`
+    line (`[args, kwargs]` as JSON, or `~` and the start of a repr when too long): Celery's `args`
+    and `kwargs` reprs. The line crossed a process: anything else is shown as it came, cut."""
+    try:
+        value = json.loads(call) if call[:1] == "[" else None
+    except (ValueError, RecursionError):  # RecursionError: `[[[[...` deeper than the interpreter's stack
+        value = None
+    if isinstance(value, list) and len(value) == 2 and isinstance(value[0], list) and isinstance(value[1], dict):
+        return {"args": json.dumps(value[0], ensure_ascii=False), "kwargs": json.dumps(value[1], ensure_ascii=False)}
+    return {"args": call[:1000], "kwargs": ""}
 
 
 def channel(keys) -> str:

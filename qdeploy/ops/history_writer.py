@@ -49,6 +49,7 @@ _FINAL = frozenset({"SUCCESS", "FAILURE", "RETRY"})  # states of a delivery that
 class HistoryWriter:
     def __init__(self, broker, owner: str, cap: int = history.DEFAULT_MAX, args: str = "failures"):
         self.broker, self.owner, self.cap, self.keep_args = broker, owner, cap, args != "none"
+        self.args_mode = args  # the S line may carry every task's arguments (for events): kept as this says
         self.enabled = cap > 0
         self.pending: dict[str, tuple] = {}  # id -> (Task, child pid): written at the next flush
         self.open: dict[str, tuple] = {}  # written as STARTED, their end still to come
@@ -227,6 +228,9 @@ class HistoryWriter:
             extra = task.extra if task.extra.count("\t") == history.CHILD_FIELDS - 1 else _TAIL
             if task.call and self.keep_args:  # a failure's arguments, from its A line
                 extra = extra[:extra.rfind("\t") + 1] + task.call
+            elif extra[-1:] != "\t" and (self.args_mode == "none"
+                                         or (self.args_mode == "failures" and state not in ("FAILURE", "RETRY"))):
+                extra = extra[:extra.rfind("\t") + 1]  # arguments the S line carried for the events only
             wait = task.wait
             combo = f"{state}\t{owner}\t{task.name or 'unknown'}"
             records.append((combo, task_id,

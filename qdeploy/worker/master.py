@@ -29,7 +29,7 @@ from qdeploy.core.connection import RedisError
 from qdeploy.defaults import EX_UNAVAILABLE
 from qdeploy.ops import health, httpd, metrics
 from qdeploy.ops.control import ControlServer
-from qdeploy.ops.events import EventPublisher
+from qdeploy.ops.events import EventPublisher, event_call
 from qdeploy.ops.history_writer import HistoryWriter
 from qdeploy.ops.metrics import NodeStats
 from qdeploy.service.daemon import signal_pid
@@ -329,7 +329,8 @@ class Master:
             self.stats.started(task.queue, task.wait)
         if self.events.enabled:
             fields = {"uuid": task.id, "name": task.name, "queue": task.queue, "pid": child.pid}
-            self.events.emit("task-received", **fields)
+            call = event_call(task.extra.rpartition("\t")[2]) if self.opts.event_args else {}
+            self.events.emit("task-received", **fields, **call)
             self.events.emit("task-started", **fields)
 
     def task_finished(self, child: Child, task: Task) -> None:

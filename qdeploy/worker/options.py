@@ -35,6 +35,7 @@ class WorkerOptions(service.DaemonOptions):
     graceful_timeout: float
     config_file: str | None = None  # the file the config came from, if any
     task_events: bool = False  # publish events (qdeploy.ops.events)
+    event_args: bool = False  # task-received events carry the task's arguments
     metrics_port: int = 0  # /metrics and /healthz (qdeploy.ops.metrics); 0 = off
     metrics_bind: str = "127.0.0.1"
     health_stuck_after: float = 30.0
@@ -116,6 +117,7 @@ def resolve(cfg: Config, node: str | None, *, name: str | None = None, hostname:
                                 detach=flags.get("detach")),
         config_file=cfg.source,
         task_events=bool(flags.get("task_events") or per_node["task_events"]),
+        event_args=per_node["event_args"],
         metrics_port=metrics_port(cfg, node) if node else per_node["metrics_port"],
         metrics_bind=cfg["metrics_bind"],
         health_stuck_after=per_node["health_stuck_after"],

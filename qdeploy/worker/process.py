@@ -151,9 +151,11 @@ class ChildLink:
         # `P` is sent when task number `spare_at` starts (0: as soon as the child consumes)
         self.spare_at = max(0, self.max_tasks - SPARE_LEAD) if self.max_tasks else None
         self.hard = opts.time_limit
-        self.history = opts.history_max > 0  # the S line carries what the task history keeps
-        self.all_args = opts.history_args == "all"  # in the S line; "failures": an A line before a failure's D
-        self.failure_args = self.history and opts.history_args == "failures"
+        # the S line carries what the task history keeps, and the arguments when the history or
+        # the events want them ("failures": an A line before a failure's D instead)
+        self.history = opts.history_max > 0 or opts.event_args
+        self.all_args = (opts.history_max > 0 and opts.history_args == "all") or opts.event_args
+        self.failure_args = opts.history_max > 0 and opts.history_args == "failures" and not opts.event_args
         self.envs: dict[int, object] = {}  # thread id -> the envelope it runs (for its failure's A line)
         self.started = 0  # tasks started, all threads together
         self.running: dict[int, tuple[float, str]] = {}  # thread id -> (soft deadline, task id)

@@ -359,6 +359,37 @@ def test_a_listener_sees_every_kind_and_events_switch_at_runtime(masters, oapp, 
         listener.stop()
 
 
+def test_event_args_put_arguments_in_task_received_and_the_history_keeps_only_what_it_says(
+        masters, oapp, tapp, redis_server, namespace):
+    from qdeploy.ops.history import HistoryStore
+
+    listener = Listener(tapp)
+    try:
+        m, _ = started(masters, "-c", "1", "-E", "--event-args")
+        ok = send(oapp, "o.ok", 1, secret="s3cret")
+        received = listener.wait("task-received", ok.id)
+        assert (json.loads(received["args"]), json.loads(received["kwargs"])) == ([1], {"secret": "s3cret"})
+        assert "args" not in listener.wait("task-started", ok.id), "only task-received carries them"
+        failed = send(oapp, "o.fail")
+        listener.wait("task-failed", failed.id)
+        store = HistoryStore(redis_server.client(), namespace)
+        wait_until(lambda: (store.get(ok.id) or {}).get("state") == "SUCCESS"
+                   and (store.get(failed.id) or {}).get("state") == "FAILURE", 10, what="both in the history")
+        assert "call" not in store.get(ok.id), "history_args=failures: a success's arguments are not kept"
+        assert json.loads(store.get(failed.id)["call"]) == [[], {}], "a failure's are"
+        m.signal(signal.SIGTERM)
+        assert m.wait(30) == 0
+    finally:
+        listener.stop()
+
+
+def test_event_call_trusts_nothing_from_the_pipe():
+    assert events_mod.event_call('[[1,"a"],{"k":null}]') == {"args": '[1, "a"]', "kwargs": '{"k": null}'}
+    for junk in ("", "~[1, 2, 3", "[1", "[1,2]", '[[1],{"a":1},3]', '[{"a":1},[1]]', "[" * 2000, "x" * 5000):
+        out = events_mod.event_call(junk)
+        assert out["kwargs"] == "" and out["args"] == junk[:1000], junk[:20]
+
+
 def test_events_dump_json_from_the_cli(masters, oapp, redis_server, namespace):
     proc = subprocess.Popen([sys.executable, "-m", "qdeploy", "events", "--dump", "--json", "--count", "3", *APP,
                              "-b", redis_server.url], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
