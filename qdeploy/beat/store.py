@@ -21,6 +21,15 @@ compare-and-delete.
 anchor, records the run and publishes the message exactly as ``Broker.publish`` does (body in
 ``ns:msg``, id on ``ns:q:<queue>`` or, with a future ETA, in ``ns:eta:<queue>``). A misfire
 (skipped run) is the same script without a message. The scripts: `qdeploy/core/lua/beat_*.lua`.
+
+**Redis Cluster.** Beat's keys carry one hash tag (``{ns:beat}:lock``...), so the lock, the
+anchors and the runs stay in one slot and the lock, init and release scripts are unchanged. The
+queue is in another slot: dispatch (``cluster_beat_dispatch.lua``) records the decision and
+puts the run's message in beat's outbox (``{ns:beat}:out``) in the same script; the message is
+then delivered to its queue at most once per run id (``cluster_publish_once.lua``: the id is
+the same for every beat computing that run) and the entry cleared. A leader that dies between
+the two leaves the entry: whoever holds the lock next delivers it (``deliver_outbox``, on every
+acquire). So a run is still decided once, and sent once.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
 from qdeploy.core.broker import Broker
 from qdeploy.core.connection import text
@@ -54,10 +64,15 @@ def run_id(namespace: str, name: str, slot: datetime) -> str:
 
 
 class BeatStore:
+    keys: Any
+
     def __init__(self, broker: Broker):
         self.broker, self.client, self.keys, self.ns = broker, broker.client, broker.keys, broker.ns
         self._acquire, self._release = broker.script("beat_acquire"), broker.script("beat_release")
         self._dispatch, self._init = broker.script("beat_dispatch"), broker.script("beat_init")
+        self.cluster = broker.cluster
+        if self.cluster:
+            self._dispatch = broker.script("cluster_beat_dispatch")
 
     # -- the leader lock ----------------------------------------------------------------------
     def acquire(self, token: str, ttl: float, holder: str, now: float | None = None) -> float:
@@ -65,6 +80,8 @@ class BeatStore:
         the holder's lock expires. `now` (unix seconds) overrides the Redis server's clock."""
         now_us = "" if now is None else str(int(now * 1_000_000))
         left = self._acquire(keys=[self.keys.beat_lock], args=[token, int(ttl * 1_000_000), now_us, holder])
+        if self.cluster and not int(left):
+            self.deliver_outbox()
         return int(left) / 1_000_000
 
     def release(self, token: str) -> bool:
@@ -88,11 +105,35 @@ class BeatStore:
         """Send one run (env + its encoded body) or, with env None, record a skipped slot."""
         queue = env.queue if env is not None else "-"
         eta = env.eta if env is not None and env.eta is not None and env.eta > record["at"] else None
+        if self.cluster:
+            return self._dispatch_cluster(token, name, slot, anchor, record, env, body, eta)
         return self._dispatch(
             keys=[self.keys.beat_lock, self.keys.beat_last, self.keys.beat_runs, self.keys.msg,
                   self.keys.queue(queue), self.keys.eta(queue)],
             args=[token, name, to_us(slot), to_us(anchor), json.dumps(record),
                   env.id if env is not None else "", body, "" if eta is None else repr(eta)])
+
+    def _dispatch_cluster(self, token: str, name: str, slot: datetime, anchor: datetime, record: dict, env,
+                          body: str, eta: float | None) -> int:
+        entry = json.dumps(["m", env.id, env.queue, "" if eta is None else repr(eta), body]) if env is not None else ""
+        outcome = int(self._dispatch(
+            keys=[self.keys.beat_lock, self.keys.beat_last, self.keys.beat_runs, self.keys.beat_outbox],
+            args=[token, name, to_us(slot), to_us(anchor), json.dumps(record), env.id if env is not None else "", entry]))
+        if outcome == DISPATCHED and env is not None:
+            self._deliver(env.id, entry)
+        return outcome
+
+    def _deliver(self, run: str | bytes, entry: str | bytes) -> None:
+        _, task_id, queue, eta, body = json.loads(entry)
+        self.broker.publish_once(task_id, queue, eta, body)  # type: ignore[attr-defined]
+        self.client.hdel(self.keys.beat_outbox, run)
+
+    def deliver_outbox(self) -> int:
+        """Cluster: deliver runs a previous leader decided but did not get to send."""
+        left = self.client.hgetall(self.keys.beat_outbox)
+        for run, entry in left.items():
+            self._deliver(run, entry)
+        return len(left)
 
     def runs(self) -> dict[str, dict]:
         return {text(k): json.loads(v) for k, v in self.client.hgetall(self.keys.beat_runs).items()}
@@ -108,6 +149,8 @@ class BeatStore:
         pipe.hgetall(self.keys.beat_entries)
         pipe.smembers(self.keys.beat_disabled)
         rev, entries, disabled = pipe.execute()
+        if isinstance(entries, list):  # a cluster's MULTI gives the replies as sent: HGETALL a flat list
+            entries = dict(zip(entries[::2], entries[1::2], strict=True))
         return (int(rev or 0), {k.decode("utf-8", "replace"): v for k, v in entries.items()},
                 {d.decode("utf-8", "replace") for d in disabled})
 

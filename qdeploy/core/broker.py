@@ -3,7 +3,9 @@ Lua scripts in `qdeploy/core/lua/` (see docs/protocol.md for the whole story).
 
 Every state change a consumer makes is one EVALSHA (atomic, one round trip), sent by the hot
 path's own connection (`HotPath`). Read-only queries for operators (status, queues, dead
-letters) live in `qdeploy.ops.fleet`.
+letters) live in `qdeploy.ops.fleet`. A Redis Cluster URL (`redis+cluster://`) gets a
+`qdeploy.core.clusterbroker.ClusterBroker` instead (`Broker(url)` picks it): the same verbs over
+one hash slot per queue.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 
-from qdeploy.core.connection import Client, HotPath, connect, text
+from qdeploy.core.connection import BrokerURL, Client, connect, hot_path, is_cluster, text
 from qdeploy.core.keys import LUA, Keys
 
 _INCLUDE = "-- include: "
@@ -58,20 +60,36 @@ class Broker:
     one connection per thread). A forked child uses the Broker it inherited: `prepare_fork`
     hands it its connections."""
 
+    cluster = False
+    keys: Keys
+
+    def __new__(cls, url: str, *args, client: Client | None = None, **kwargs):
+        """A Redis Cluster URL (or client) gets the cluster protocol, whoever asks for a Broker."""
+        if cls is Broker and (is_cluster(client) if client is not None else BrokerURL.parse(url).cluster):
+            from qdeploy.core.clusterbroker import ClusterBroker
+
+            return super().__new__(ClusterBroker)
+        return super().__new__(cls)
+
     def __init__(self, url: str, namespace: str = "qdeploy", *, result_ttl: int = 86400,
                  retries: int = 2, dead_letter_max: int = 10000, client: Client | None = None):
         self.url = url
-        self.keys = Keys(namespace)
+        self.keys = self._keys(namespace)
         self.ns = namespace
         self.result_ttl = result_ttl_of(result_ttl)
         self.dead_letter_max = dead_letter_max
         self.client = client if client is not None else connect(url, retries=retries)
-        self.fast = HotPath(self.client)
+        self.durability = BrokerURL.parse(url).wait  # (replicas, ms) for WAIT after publishes and acks
+        self.fast = hot_path(self.client, self.durability)
         reg = self.client.register_script
         self._reserve, self._retry, self._dead = reg(lua("reserve")), reg(lua("retry")), reg(lua("dead_letter"))
         self._requeue, self._recover = reg(lua("requeue_consumer")), reg(lua("recover_dead"))
         self._publish_one, self._publish_unique = reg(lua("publish_one")), reg(lua("publish_unique"))
         self._static: dict[tuple, tuple[list, list]] = {}
+
+    @staticmethod
+    def _keys(namespace: str) -> Keys:
+        return Keys(namespace)
 
     def script(self, name: str):
         """A redis-py Script for `qdeploy/core/lua/<name>.lua` (EVALSHA, loaded on NOSCRIPT)."""
@@ -93,7 +111,7 @@ class Broker:
             later = eta is not None and eta > now
             target = keys.eta(queue) if later else keys.queue(queue)
             self.fast.evalsha(self._publish_one, 2, keys.msg, target, task_id, body,
-                              repr(float(eta)) if later else "", spin=True)
+                              repr(float(eta)) if later else "", spin=True, durable="raise")
             return
         for start in range(0, max(len(items), 1), chunk):
             bodies: list = []
@@ -110,7 +128,7 @@ class Broker:
             commands += [("LPUSH", keys.queue(queue), *ids) for queue, ids in ready.items()]
             commands += [("ZADD", keys.eta(queue), *pairs) for queue, pairs in scheduled.items()]
             if commands:
-                self.fast.transaction(commands)
+                self.fast.transaction(commands, durable="raise")
 
     def publish_unique(self, task_id: str, queue: str, eta: float | None, body: str, key: str,
                        seconds: float) -> str | None:
@@ -120,7 +138,7 @@ class Broker:
         later = eta is not None and eta > time.time()
         first = self.fast.evalsha(self._publish_unique, 3, keys.msg, keys.eta(queue) if later else keys.queue(queue),
                                   keys.unique(key), task_id, body, repr(float(eta)) if later and eta is not None else "",
-                                  repr(float(seconds)))
+                                  repr(float(seconds)), durable="raise")
         return first.decode() if first else None
 
     def revoke(self, task_id: str, result: str | None) -> None:
@@ -156,7 +174,8 @@ class Broker:
                 self._static.clear()
             self._static[(cid, owner, tuple(queues), track)] = static
         reply = self.fast.evalsha(self._reserve, *static[0], ack_id or b"", ack_result or b"", *static[1],
-                                  claimed or b"", b"1" if leave else b"", rates, *(ops or ()))
+                                  claimed or b"", b"1" if leave else b"", rates, *(ops or ()),
+                                  durable="warn" if ack_id or ops else "")
         if not reply:
             return None
         msg_id, body, count, revoked, index = reply
@@ -180,8 +199,15 @@ class Broker:
     def close(self) -> None:
         self.fast.close()
 
-    def ack(self, cid: str, task_id: str, result: str | None = None, ops: list | None = None) -> None:
+    def ack(self, cid: str, task_id: str, result: str | None = None, ops: list | None = None,
+            queue: str | None = None) -> None:
+        """Ack `task_id` (`queue`: the queue it was reserved from, when known: Redis Cluster
+        needs it to find the message's slot; one server does not)."""
         self.reserve(cid, cid, [], ack_id=task_id, ack_result=result, ops=ops)
+
+    def body(self, task_id: str, queue: str | None = None) -> bytes | None:
+        """The stored envelope of `task_id` (None if gone)."""
+        return self.client.hget(self.keys.msg, task_id)  # type: ignore[return-value]
 
     def carry_out(self, cid: str, ops: list) -> None:
         """Follow-up operations without an ack (a task acked before it ran: acks_late=False)."""

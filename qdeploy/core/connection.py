@@ -6,7 +6,9 @@ lives here, and every other module takes redis-py's exceptions from here.
   grammar (every accepted form, validation, redaction) is `qdeploy.core.urls`, which needs no
   redis-py (the config validates a broker without importing it); its names are re-exported here.
 * `HotPath(client)`: self-packed commands on one connection per thread, for every task's
-  reserve/ack and every `delay`.
+  reserve/ack and every `delay`; `ClusterHotPath` the same on Redis Cluster, one connection per
+  thread and node, routed by hash slot (`hot_path(client, wait)` picks one). Either appends
+  `WAIT n ms` to the writes a caller marks durable when the URL asks for it (`wait_replicas=`).
 * `RedisError`, `ResponseError`, `BROKER_DOWN` (unreachable) and `refused_for_now(exc)` (the
   server cannot write now, but will): what the loops catch.
 
@@ -19,6 +21,7 @@ fails loudly when a redis-py release moves it (tests/unit/test_connection.py): `
 from __future__ import annotations
 
 import inspect
+import logging
 import os
 import select
 import threading
@@ -27,20 +30,40 @@ from typing import Any
 
 import redis
 from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.cluster import ClusterNode, RedisCluster
+from redis.crc import key_slot
+from redis.exceptions import AskError, MovedError, RedisClusterException, TryAgainError
 from redis.retry import Retry
 from redis.sentinel import MasterNotFoundError, Sentinel
 
 from qdeploy.core.urls import SCHEMES, BrokerURL, BrokerURLError, redact, redact_text
 
-__all__ = ["BROKER_DOWN", "REDIS_PY_VERSION", "SCHEMES", "BrokerURL", "BrokerURLError", "Client", "HotPath",
-           "RedisError", "ResponseError", "client_for", "connect", "error_text", "pack", "redact",
-           "redact_text", "refused_for_now", "socket_of", "text"]
+__all__ = ["BROKER_DOWN", "REDIS_PY_VERSION", "SCHEMES", "BrokerURL", "BrokerURLError", "Client",
+           "ClusterDown", "ClusterHotPath", "HotPath", "NotReplicated", "RedisError", "ResponseError", "client_for", "connect",
+           "error_text", "hot_path", "is_cluster", "nodes_of", "pack", "redact", "redact_text", "refused_for_now",
+           "slot_of", "socket_of", "text"]
 
+log = logging.getLogger("qdeploy.broker")
 Client = redis.Redis
 RedisError = redis.RedisError  # anything a Redis call can raise
 ResponseError = redis.ResponseError  # the server answered with an error
 BROKER_DOWN = (redis.ConnectionError, redis.TimeoutError)  # unreachable: reconnect
+ClusterDown = redis.exceptions.ClusterDownError  # a slot not served now (mid-failover): a ResponseError
 REDIS_PY_VERSION = getattr(redis, "__version__", "?")
+
+
+class NotReplicated(redis.RedisError):
+    """A write the primary applied but fewer replicas than `wait_replicas=` confirmed within
+    `wait_timeout=`: it is lost if the primary fails before replicating it."""
+
+
+def is_cluster(client) -> bool:
+    return isinstance(client, RedisCluster)
+
+
+def slot_of(key: str | bytes) -> int:
+    """The Redis Cluster hash slot of a key (its `{tag}` if it has one)."""
+    return key_slot(key.encode() if isinstance(key, str) else key)
 
 
 def _quiet_handshake() -> dict:
@@ -143,7 +166,97 @@ def client_for(url: BrokerURL, *, retries: int = 2, socket_timeout: float = 10.0
     if url.topology == "standalone":
         (host, port), = url.hosts
         return redis.Redis(host=host, port=port, **common)
+    if url.topology == "cluster":
+        return _cluster_client(url, common, retries)
     raise BrokerURLError(f"{url.scheme}:// has no client yet", url.url)
+
+
+def _cluster_client(url: BrokerURL, common: dict, retries: int) -> Any:
+    """redis-py's cluster client over every node in the URL (any one that answers tells it the
+    rest). Its retries (after a connection error it refreshes the slot table and tries again)
+    are the caller's `retries`: 0 for the loops, which handle lost replies themselves. Unlike
+    the other clients it asks the cluster for its slot table at once: a cluster none of whose
+    nodes answers is a ConnectionError here."""
+    kwargs = {k: v for k, v in common.items() if k not in ("db", "retry", "health_check_interval",
+                                                               "redis_connect_func")}
+    try:
+        return _Cluster(startup_nodes=[ClusterNode(host, port) for host, port in url.hosts],
+                            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries),
+                            require_full_coverage=False, redis_connect_func=_on_connect_cluster, **kwargs)
+    except RedisClusterException as exc:  # not a RedisError: the loops would not catch it
+        raise redis.ConnectionError(f"no node of the cluster answered ({_first_line(exc)})") from None
+
+
+class _Cluster(RedisCluster):
+    """redis-py's cluster client, whose own refusals (keys of several slots in one command, no key
+    to route by, no node reachable) are RedisClusterException, not a RedisError: here they are
+    RedisErrors, so every loop and command that handles Redis errors handles them too."""
+
+    def execute_command(self, *args, **kwargs):
+        try:
+            return super().execute_command(*args, **kwargs)
+        except RedisClusterException as exc:
+            if "cannot be connected" in str(exc):
+                raise redis.ConnectionError(f"no node of the cluster answered ({_first_line(exc)})") from None
+            if "same key slot" in str(exc) or "same slot" in str(exc):
+                raise redis.exceptions.ClusterCrossSlotError(_first_line(exc)) from None
+            raise ClusterRefused(_first_line(exc)) from None
+
+
+class ClusterRefused(redis.ResponseError):
+    """redis-py refused to send a command to a cluster (it cannot route it)."""
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+
+
+def _on_connect_cluster(conn) -> None:
+    """RedisCluster ran the handshake already (it calls this after `on_connect`): only the
+    fd 0-2 guard and the skipped health-check PING of `_on_connect`."""
+    sock = socket_of(conn)
+    if sock is not None and sock.fileno() <= 2:
+        conn.disconnect()
+        fill_stdio()
+        conn.connect()
+        return
+    conn.next_health_check = time.monotonic() + conn.health_check_interval
+
+
+def ping_cluster(client) -> bool:
+    """Ask the cluster for its slot table again, then PING every primary in it: True when all
+    answer (a primary that died and whose replica was not promoted yet fails this)."""
+    try:
+        client.nodes_manager.initialize()
+    except RedisClusterException as exc:
+        raise redis.ConnectionError(f"no node of the cluster answered ({_first_line(exc)})") from None
+    for node in client.get_primaries():
+        client.get_redis_connection(node).ping()
+    return True
+
+
+def nodes_of(client) -> list[tuple[str, int, str]]:
+    """(host, port, role) of every node the client knows: the URL's host for one server, every
+    primary and replica of a cluster (from its slot table), the sentinels' current master."""
+    if is_cluster(client):  # CLUSTER NODES: the nodes that failed too (CLUSTER SLOTS leaves them out)
+        out = []
+        for address, info in client.cluster_nodes().items():
+            flags = str(info.get("flags", "")).split(",")
+            if "noaddr" in flags or "handshake" in flags:
+                continue
+            host, _, port = address.partition("@")[0].rpartition(":")
+            role = "primary" if "master" in flags else "replica"
+            out.append((host.strip("[]"), int(port), role + (" (failing)" if {"fail", "fail?"} & set(flags) else "")))
+        return out
+    pool = client.connection_pool
+    if hasattr(pool, "get_master_address"):  # Sentinel: the master it names, and its replicas
+        host, port = pool.get_master_address()
+        replicas = pool.sentinel_manager.discover_slaves(pool.service_name)
+        return [(host, int(port), "primary"), *((h, int(p), "replica") for h, p in replicas)]
+    kwargs = getattr(pool, "connection_kwargs", {})
+    if "host" in kwargs:
+        return [(kwargs["host"], int(kwargs.get("port", 6379)), "primary")]
+    return [(kwargs.get("path", "?"), 0, "primary")]
 
 
 def error_text(exc: BaseException) -> str:
@@ -152,6 +265,11 @@ def error_text(exc: BaseException) -> str:
     text = str(exc)
     if isinstance(exc, MasterNotFoundError) and " : " in text:
         return text.split(" : ", 1)[0] + ": no sentinel in the URL answered"
+    if isinstance(exc, redis.exceptions.ClusterCrossSlotError):
+        return ("CROSSSLOT: keys in one command or script hash to different slots "
+                "(on Redis Cluster they must share one: a {hash tag})")
+    if isinstance(exc, RedisClusterException):
+        return _first_line(exc)
     return text
 
 
@@ -188,11 +306,31 @@ def pack(args) -> bytes:
     return b"".join(out)
 
 
-class HotPath:
-    """Per-thread connections of one client, kept out of its pool."""
+def hot_path(client, wait: tuple[int, int] | None = None) -> HotPath:
+    """The hot path for a client: `ClusterHotPath` for Redis Cluster, `HotPath` otherwise."""
+    return ClusterHotPath(client, wait) if is_cluster(client) else HotPath(client, wait)
 
-    def __init__(self, client: redis.Redis):
+
+WAIT_WARN_EVERY = 60.0  # seconds between two log lines about acks that were not replicated in time
+
+
+class HotPath:
+    """Per-thread connections of one client, kept out of its pool.
+
+    `wait` = (replicas, timeout ms): a command sent with `durable=` is followed by `WAIT replicas
+    timeout` in the same round trip (one write of both, two replies). `durable="raise"` (a
+    publish) raises NotReplicated when fewer replicas confirmed it; `durable="warn"` (an ack)
+    counts it in `unreplicated` and logs once a minute."""
+
+    def __new__(cls, client, wait: tuple[int, int] | None = None):
+        """A cluster client gets the cluster's hot path, whoever builds one."""
+        return super().__new__(ClusterHotPath if cls is HotPath and is_cluster(client) else cls)
+
+    def __init__(self, client: redis.Redis, wait: tuple[int, int] | None = None):
         self.client = client
+        self.wait = wait
+        self.unreplicated = 0  # durable="warn" writes fewer replicas than asked confirmed in time
+        self._warned_at = 0.0
         # A plain pool's connections all go to one server; others (Sentinel) route per command.
         self.direct = type(client.connection_pool) is redis.ConnectionPool
         self._local = threading.local()  # per thread: its connection, and the pid that made it
@@ -201,53 +339,100 @@ class HotPath:
         self._for_child_by = 0  # ...and the pid that made them, which must not use them
         self._templates: list = []  # never connected here: each child uses its own copy
 
-    def command(self, *args, spin: bool = False):
-        """One command on this thread's connection; `spin`: the reply is expected at once."""
-        if not self.direct:
+    def command(self, *args, spin: bool = False, durable: str = ""):
+        """One command on this thread's connection; `spin`: the reply is expected at once;
+        `durable`: see the class."""
+        waits = self.wait if durable else None
+        if not self.direct and waits is None:
             return self.client.execute_command(*args)
-        packed = [pack(args)]
+        packed = [pack(args) + pack(("WAIT", *waits)) if waits else pack(args)]
 
         def once(conn):
             conn.send_packed_command(packed)
             if spin:
                 self._await_reply(conn)
-            return conn.read_response()
-        return self._round_trip(once)
+            return self._read(conn, waits, durable)
+        return self._round_trip(once) if self.direct else self._pooled(once)
 
-    def evalsha(self, script, *args, spin: bool = False):
+    def _pooled(self, once):
+        """`once(conn)` on a connection of the client's own pool (Sentinel's, which follows the
+        master), held for the command and its WAIT: WAIT counts the writes of its connection."""
+        pool = self.client.connection_pool
+        conn = pool.get_connection()
+        try:
+            return once(conn)
+        except redis.ResponseError:
+            raise
+        except BaseException:
+            conn.disconnect()
+            raise
+        finally:
+            pool.release(conn)
+
+    def _read(self, conn, waits, durable: str):
+        """The reply of one command (and of the WAIT sent after it: read even when the command
+        failed, so the connection stays in step)."""
+        if waits is None:
+            return conn.read_response()
+        try:
+            reply = conn.read_response()
+        except redis.ResponseError as exc:
+            conn.read_response()
+            raise exc from None
+        self._check_replicas(conn.read_response(), waits, durable)
+        return reply
+
+    def _check_replicas(self, acked, waits, durable: str) -> None:
+        if isinstance(acked, Exception) or int(acked) >= waits[0]:
+            return
+        what = f"only {int(acked)} of {waits[0]} replicas confirmed it within {waits[1]} ms"
+        if durable == "raise":
+            raise NotReplicated(f"written to the primary, but {what}: lost if the primary fails before replicating it")
+        self.unreplicated += 1
+        if time.monotonic() >= self._warned_at + WAIT_WARN_EVERY:
+            self._warned_at = time.monotonic()
+            log.warning("an ack was applied, but %s (%d such writes so far)", what, self.unreplicated)
+
+    def evalsha(self, script, *args, spin: bool = False, durable: str = ""):
         """EVALSHA a redis-py `Script`; a restarted Redis that lost its script cache gets EVAL on
         the same connection, which caches the script there again."""
         try:
-            return self.command("EVALSHA", script.sha, *args, spin=spin)
+            return self.command("EVALSHA", script.sha, *args, spin=spin, durable=durable)
         except redis.exceptions.NoScriptError:
-            return self.command("EVAL", script.script, *args, spin=spin)
+            return self.command("EVAL", script.script, *args, spin=spin, durable=durable)
 
-    def transaction(self, commands: list[tuple]) -> list:
+    def transaction(self, commands: list[tuple], durable: str = "") -> list:
         """MULTI, `commands`, EXEC in one round trip; raises the first error a command got."""
-        if not self.direct:
+        waits = self.wait if durable else None
+        if not self.direct and waits is None:
             pipe = self.client.pipeline(transaction=True)
             for command in commands:
                 pipe.execute_command(*command)
             return pipe.execute()
-        packed = [b"".join(map(pack, [("MULTI",), *commands, ("EXEC",)]))]
+        once = lambda conn: self._multi(conn, commands, waits, durable)  # noqa: E731
+        return self._round_trip(once) if self.direct else self._pooled(once)
 
-        def once(conn):
-            conn.send_packed_command(packed)
-            refused = []
-            for _ in range(len(commands) + 1):  # +OK for MULTI, +QUEUED (or an error) per command
-                try:
-                    conn.read_response(disable_decoding=True)
-                except redis.ResponseError as exc:
-                    refused.append(exc)
+    def _multi(self, conn, commands: list[tuple], waits, durable: str):
+        tail = [("WAIT", *waits)] if waits else []
+        conn.send_packed_command([b"".join(map(pack, [("MULTI",), *commands, ("EXEC",), *tail]))])
+        refused = []
+        for _ in range(len(commands) + 1):  # +OK for MULTI, +QUEUED (or an error) per command
             try:
-                result = conn.read_response()
-            except redis.ResponseError as exc:  # EXECABORT: a command was refused, nothing ran
-                raise (refused or [exc])[0] from None
-            for reply in result or ():  # errors at run time (WRONGTYPE...) come inside EXEC's reply
-                if isinstance(reply, Exception):
-                    raise reply
-            return result
-        return self._round_trip(once)
+                conn.read_response(disable_decoding=True)
+            except redis.ResponseError as exc:
+                refused.append(exc)
+        try:
+            result = conn.read_response()
+        except redis.ResponseError as exc:  # EXECABORT: a command was refused, nothing ran
+            if waits:
+                conn.read_response()
+            raise (refused or [exc])[0] from None
+        if waits:
+            self._check_replicas(conn.read_response(), waits, durable)
+        for reply in result or ():  # errors at run time (WRONGTYPE...) come inside EXEC's reply
+            if isinstance(reply, Exception):
+                raise reply
+        return result
 
     def _await_reply(self, conn) -> None:
         """Poll for the reply for up to SPIN before `read_response` blocks. A blocked thread
@@ -323,3 +508,146 @@ class HotPath:
         if conn is not None:
             conn.disconnect()
             self._local.conn = None
+
+
+# -- the hot path on Redis Cluster --------------------------------------------------------------
+REDIRECTS = 8  # MOVED/ASK/TRYAGAIN replies one command may get before it gives up
+
+
+def _routing_key(args) -> str | bytes:
+    """The key a command is routed by: a script's first key, any other command's first argument."""
+    name = args[0].upper() if isinstance(args[0], str) else args[0].decode().upper()
+    if name in ("EVAL", "EVALSHA"):
+        if int(args[2]) < 1:  # it derives its keys itself: on a cluster they may be anywhere
+            raise redis.ResponseError("CROSSSLOT a script that declares no keys cannot run on Redis Cluster "
+                                      "(every key a script touches must be in KEYS, in one hash slot)")
+        return args[3]
+    return args[1]
+
+
+class ClusterHotPath(HotPath):
+    """The hot path on Redis Cluster: the same self-packed commands, on one connection per
+    thread and node, each sent to the primary that serves its first key's hash slot (redis-py's
+    slot table, `RedisCluster.nodes_manager`). Replies that say the command did not run are
+    followed here: MOVED (a slot moved, a replica was promoted) patches the slot table and sends
+    the command to the node named; ASK sends it once more to the importing node after ASKING;
+    TRYAGAIN waits 50 ms. A connection error drops the connection and marks the slot table for a
+    refresh (CLUSTER SLOTS from any live node) before the next command; the error goes to the
+    caller, as on one server (a consumer treats it as a lost reply), unless the client has
+    retries (a producer's), then the command goes again on the refreshed table."""
+
+    def __init__(self, client, wait: tuple[int, int] | None = None):  # no super(): no pool here
+        self.client: Any = client
+        self.wait = wait
+        self.unreplicated, self._warned_at = 0, 0.0
+        self.direct = True
+        self._local = threading.local()
+        self._spin_misses = self._spin_backoff = 0
+        self._stale = False
+        self._retries = client.retry.get_retries()
+        self.redirected = {"moved": 0, "ask": 0, "tryagain": 0, "refresh": 0}  # replies followed, tables refreshed
+        self._for_child, self._for_child_by, self._templates = [], 0, []
+
+    def command(self, *args, spin: bool = False, durable: str = "", key=None):
+        waits = self.wait if durable else None
+        packed = [pack(args) + pack(("WAIT", *waits)) if waits else pack(args)]
+
+        def once(conn):
+            conn.send_packed_command(packed)
+            if spin:
+                self._await_reply(conn)
+            return self._read(conn, waits, durable)
+        return self._routed(_routing_key(args) if key is None else key, once)
+
+    def transaction(self, commands: list[tuple], durable: str = "") -> list:
+        """One MULTI/EXEC per hash slot, in the order the slots first appear: atomic per slot
+        (a queue's bodies and ids), not across slots."""
+        waits = self.wait if durable else None
+        groups: dict[int, list[tuple]] = {}
+        for command in commands:
+            groups.setdefault(slot_of(command[1]), []).append(command)
+        out: list = []
+        for group in groups.values():
+            out += self._routed(group[0][1], lambda conn, g=group: self._multi(conn, g, waits, durable), multi=True)
+        return out
+
+    def _routed(self, key, once, multi: bool = False):
+        slot = slot_of(key)
+        node, asking, failures = None, False, 0
+        for _ in range(REDIRECTS):
+            if self._stale:
+                self._refresh()
+            target = node or self._node_for(slot)
+            conn = self._connection_to(target)
+            try:
+                if asking:
+                    conn.send_packed_command([pack(("ASKING",))])
+                    conn.read_response()
+                return once(conn)
+            except MovedError as exc:
+                self.redirected["moved"] += 1
+                self.client.nodes_manager.move_slot(exc)
+                node, asking = None, False
+            except AskError as exc:
+                self.redirected["ask"] += 1
+                if multi:  # a slot being migrated: its keys move one by one; wait for them
+                    time.sleep(0.05)
+                    node, asking = None, False
+                else:
+                    node, asking = self.client.get_node(host=exc.host, port=exc.port), True
+            except TryAgainError:
+                self.redirected["tryagain"] += 1
+                time.sleep(0.05)
+                node, asking = None, False
+            except redis.ResponseError:
+                raise  # a complete error reply: the connection is in step
+            except (redis.ConnectionError, redis.TimeoutError, OSError):
+                conn.disconnect()
+                self._stale = True
+                failures += 1
+                if failures > self._retries:
+                    raise
+                time.sleep(min(0.05 * 2 ** failures, 0.5))
+                node, asking = None, False
+            except BaseException:
+                conn.disconnect()
+                raise
+        raise redis.exceptions.ClusterDownError(f"slot {slot}: still redirected after {REDIRECTS} tries")
+
+    def _node_for(self, slot: int):
+        try:
+            return self.client.nodes_manager.get_node_from_slot(slot)
+        except RedisClusterException:  # SlotNotCoveredError: mid-failover; the loops wait it out
+            self._stale = True
+            raise redis.exceptions.ClusterDownError(f"slot {slot} is not served by any node now") from None
+
+    def _refresh(self) -> None:
+        try:
+            self.client.nodes_manager.initialize()
+        except RedisClusterException as exc:
+            raise redis.ConnectionError(f"no node of the cluster answered ({_first_line(exc)})") from None
+        self._stale = False
+        self.redirected["refresh"] += 1
+
+    def _connection_to(self, node):
+        local, pid = self._local, os.getpid()
+        conns = getattr(local, "conns", None)
+        if conns is None or local.pid != pid:  # a forked child never uses its parent's sockets
+            conns = local.conns = {}
+            local.pid = pid
+        conn = conns.get(node.name)
+        if conn is None:
+            pool = self.client.get_redis_connection(node).connection_pool
+            conn = conns[node.name] = pool.connection_class(**pool.connection_kwargs)
+        return conn
+
+    def open(self) -> None:
+        """Nothing to do ahead: which nodes a consumer needs depends on its queues' slots."""
+
+    def prepare_fork(self, connections: int) -> None:
+        """Children open their connections (one per node they use) on first use."""
+
+    def close(self) -> None:
+        for conn in (getattr(self._local, "conns", None) or {}).values():
+            conn.disconnect()
+        self._local.conns = {}

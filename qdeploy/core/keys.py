@@ -34,6 +34,13 @@ generated from the same templates, so the Python and the Lua side cannot drift a
     ns:hist:m:<minute>    hash    per-minute counts and run-time buckets (charts), expire after 2 days
     ns:hist:q             zset    queue depth samples (JSON), by time; ns:hist:audit: list, dashboard actions
     ns:beat:*             beat's lock, anchors, runs and dynamic entries (qdeploy.beat.store)
+
+On Redis Cluster (`redis+cluster://`) the same protocol runs over `ClusterKeys(namespace)`: what
+a queue's scripts touch carries the hash tag `{ns:<queue>}` (one slot per queue: `{ns:q}:q`,
+`{ns:q}:msg`, `{ns:q}:inflight:<cid>`...), a chord's two hashes `{ns:chord:<gid>}`, beat's keys
+`{ns:beat}`; keys only ever touched one at a time (results, heartbeats, leases, control, groups)
+keep their single-server names. A single server keeps the names above, unchanged: a rolling
+upgrade never renames a key. docs/protocol.md, "Redis Cluster", has the whole layout.
 """
 
 from __future__ import annotations
@@ -118,8 +125,17 @@ class Keys:
         self.beat_rev = fixed["beat_rev"]
         self.rate, self.rate_slots = fixed["rate"], fixed["rate_slots"]
 
+    cluster = False
+
     def __repr__(self) -> str:
         return f"Keys({self.ns!r})"
+
+    def of(self, queue: str) -> QueueKeys:
+        """The keys a queue's scripts touch (on one server mostly the namespace's shared ones)."""
+        return QueueKeys(queue, f"{self.ns}:q:{queue}:", {
+            "queue": self.queue(queue), "eta": self.eta(queue), "msg": self.msg, "dlv": self.dlv,
+            "consumers": self.consumers, "dead": self.dead, "rate": self.rate, "rate_slots": self.rate_slots,
+            "inflight": self.prefix("inflight")})
 
     def prefix(self, name: str) -> str:
         """`ns:q:` for "queue": what every key of that kind starts with."""
@@ -163,3 +179,104 @@ class Keys:
 
     def control_reply(self, rid: str) -> str:
         return f"{self.ns}:ctl:reply:{rid}"
+
+
+class QueueKeys:
+    """The keys one queue's scripts touch. On a single server most are the namespace's shared
+    keys (`ns:msg`...); on Redis Cluster every one carries the queue's hash tag, so they all
+    live in one slot and each verb on the queue stays one atomic script."""
+
+    __slots__ = ("name", "queue", "eta", "msg", "dlv", "consumers", "dead", "revoked", "rate", "rate_slots",
+                 "unique", "unique_expiry", "outbox", "outbox_due", "once", "_inflight")
+
+    def __init__(self, name: str, prefix: str, shared: dict[str, str] | None = None):
+        per = lambda kind: f"{prefix}{kind}"  # noqa: E731
+        shared = shared or {}
+        self.name = name
+        self.queue, self.eta = shared.get("queue", per("q")), shared.get("eta", per("eta"))
+        self.msg, self.dlv = shared.get("msg", per("msg")), shared.get("dlv", per("dlv"))
+        self.consumers, self.dead = shared.get("consumers", per("consumers")), shared.get("dead", per("dead"))
+        self.revoked, self.rate, self.rate_slots = per("revoked"), shared.get("rate", per("rate")), \
+            shared.get("rate_slots", per("rate:slots"))
+        self.unique, self.unique_expiry = per("uniq"), per("uniqx")
+        self.outbox, self.outbox_due, self.once = per("out"), per("outq"), per("once")
+        self._inflight = shared.get("inflight", per("inflight:"))
+
+    def inflight(self, cid: str) -> str:
+        return self._inflight + cid
+
+
+class ClusterKeys(Keys):
+    """Key names on Redis Cluster: `Keys`' names where a key is only ever touched alone (results,
+    heartbeats, leases, control, groups), hash-tagged names where a script touches several:
+    `of(queue)` for a queue's keys (`{ns:<queue>}:...`), `{ns:chord:<gid>}:meta|res` for a chord,
+    `{ns:beat}:...` for beat. A message body has no namespace-wide home here (`msg` and friends
+    raise ClusterKeyError naming the per-queue spelling)."""
+
+    __slots__ = ("_queues",)
+    cluster = True
+    _PER_QUEUE = ("msg", "dlv", "consumers", "dead", "rate", "rate_slots")
+
+    def __init__(self, namespace: str):
+        Keys.__init__(self, namespace)
+        beat = f"{{{namespace}:beat}}"
+        self.beat_lock, self.beat_last, self.beat_runs = f"{beat}:lock", f"{beat}:last", f"{beat}:runs"
+        self.beat_entries, self.beat_disabled, self.beat_rev = f"{beat}:entries", f"{beat}:disabled", f"{beat}:rev"
+        self._queues: dict[str, QueueKeys] = {}
+
+    def __getattribute__(self, name: str):
+        if name in ClusterKeys._PER_QUEUE:
+            raise ClusterKeyError(f"on Redis Cluster each queue has its own {name} key: keys.of(queue).{name}")
+        return object.__getattribute__(self, name)
+
+    def __repr__(self) -> str:
+        return f"ClusterKeys({self.ns!r})"
+
+    @property
+    def queues(self) -> str:
+        """The set of every queue name ever published to or consumed from (cluster only: what
+        spans queues, such as revoke, recovery and the fleet views, iterates it)."""
+        return f"{self.ns}:queues"
+
+    @property
+    def beat_outbox(self) -> str:
+        return f"{{{self.ns}:beat}}:out"
+
+    def of(self, queue: str) -> QueueKeys:
+        keys = self._queues.get(queue)
+        if keys is None:
+            if len(self._queues) > 4096:
+                self._queues.clear()
+            keys = self._queues[queue] = QueueKeys(queue, f"{{{self.ns}:{queue}}}:")
+        return keys
+
+    def prefix(self, name: str) -> str:
+        if name in ("queue", "eta", "inflight"):
+            raise ClusterKeyError(f"on Redis Cluster {name} keys have no common prefix: iterate keys.queues")
+        return Keys.prefix(self, name)
+
+    def queue(self, queue: str) -> str:
+        return self.of(queue).queue
+
+    def eta(self, queue: str) -> str:
+        return self.of(queue).eta
+
+    def inflight(self, cid: str, queue: str | None = None) -> str:
+        if queue is None:
+            raise ClusterKeyError("on Redis Cluster a consumer has one in-flight list per queue: "
+                                  "keys.of(queue).inflight(cid)")
+        return self.of(queue).inflight(cid)
+
+    def chord(self, group_id: str) -> str:
+        return f"{{{self.ns}:chord:{group_id}}}:meta"
+
+    def chord_results(self, group_id: str) -> str:
+        return f"{{{self.ns}:chord:{group_id}}}:res"
+
+
+class ClusterKeyError(ValueError):
+    """A namespace-wide key asked for on Redis Cluster, where it is per queue."""
+
+
+def keys_for(namespace: str, cluster: bool = False) -> Keys:
+    return ClusterKeys(namespace) if cluster else Keys(namespace)

@@ -14,6 +14,7 @@ import traceback as traceback_module
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from qdeploy.core.connection import is_cluster
 from qdeploy.core.keys import Keys
 
 if TYPE_CHECKING:
@@ -165,11 +166,13 @@ class Results:
 
     def get_many(self, task_ids: list[str], chunk: int = 1000) -> list[dict | None]:
         """Records of many ids, in order, in one MGET per `chunk` ids (a group of 100k results
-        is read in 100 round trips, not 100k)."""
+        is read in 100 round trips, not 100k). On Redis Cluster each result has its own slot:
+        redis-py's mget_nonatomic sends one MGET per slot, pipelined per node."""
         out: list[dict | None] = []
+        mget = self.client.mget_nonatomic if is_cluster(self.client) else self.client.mget
         for start in range(0, len(task_ids), chunk):
             keys = [self.key(t) for t in task_ids[start:start + chunk]]
-            out += [json.loads(raw) if raw else None for raw in self.client.mget(keys)]
+            out += [json.loads(raw) if raw else None for raw in mget(keys)]
         return out
 
     def store(self, task_id: str, encoded: str) -> None:

@@ -6,11 +6,16 @@
     sentinel://[[user]:password@]host[:port][,host[:port]...][/db]?master=NAME
         [&sentinel_username=U&sentinel_password=P]       the sentinels' own credentials
     sentinels://...                         the same, TLS to the sentinels and the master
+    redis+cluster://[[user]:password@]host[:port][,host[:port]...][/0][?options]
+    rediss+cluster://...                    Redis Cluster (TLS): any nodes of it, the client finds the rest
+
+Any form takes `wait_replicas=N` (and `wait_timeout=MS`): every publish and ack then waits until N
+replicas have it (Redis WAIT), for users who pay a round trip's worth of latency for durability.
 
 Standard library only, so that `qdeploy render` validates a broker without importing redis-py;
 `qdeploy.core.connection` (the only module that knows redis-py) turns a `BrokerURL` into a client
-and re-exports everything here. A scheme is one row of SCHEMES: a Redis Cluster scheme (issue 23)
-is a row with `topology="cluster"`, `many_hosts=True`, plus its branch in `connection.client_for`.
+and re-exports everything here. A scheme is one row of SCHEMES (plus its branch in
+`connection.client_for`).
 
 Every error is one line that never holds a credential: the reason never quotes a piece of the
 URL (a mistyped URL can put part of a password where a host or port belongs), and the URL
@@ -33,7 +38,7 @@ MAX_LENGTH = 4096
 @dataclass(frozen=True)
 class Scheme:
     name: str
-    topology: str  # "standalone", "unix", "sentinel" (issue 23: "cluster")
+    topology: str  # "standalone", "unix", "sentinel", "cluster"
     tls: bool = False
     default_port: int = 6379
     many_hosts: bool = False  # host[:port],host[:port]... (and a client that knows them all)
@@ -45,10 +50,17 @@ SCHEMES: dict[str, Scheme] = {s.name: s for s in (
     Scheme("unix", "unix"),
     Scheme("sentinel", "sentinel", default_port=26379, many_hosts=True),
     Scheme("sentinels", "sentinel", tls=True, default_port=26379, many_hosts=True),
+    Scheme("redis+cluster", "cluster", many_hosts=True),
+    Scheme("rediss+cluster", "cluster", tls=True, many_hosts=True),
 )}
 # Spellings other tools use, refused with the one qdeploy knows (one spelling per form).
 OTHER_SPELLINGS = {"redis+sentinel": "sentinel", "rediss+sentinel": "sentinels", "redis+socket": "unix",
-                   "redis+unix": "unix", "socket": "unix", "redis-sentinel": "sentinel"}
+                   "redis+unix": "unix", "socket": "unix", "redis-sentinel": "sentinel",
+                   "cluster": "redis+cluster", "redis-cluster": "redis+cluster", "rediscluster": "redis+cluster",
+                   "redis+clusters": "rediss+cluster", "redis-clusters": "rediss+cluster"}
+# What a scheme that names both a cluster and sentinels gets: the two never go together.
+MIXED = ("Redis Cluster and Sentinel do not mix (a cluster fails over by itself, it has no sentinels): "
+         "use redis+cluster://h1:7000,h2:7001 or sentinel://h1:26379,h2:26379/0?master=NAME")
 
 
 class BrokerURLError(ValueError):
@@ -87,6 +99,8 @@ _boolean = _value(r"(?i)true|false|yes|no|1|0", lambda v: v.lower() in ("true", 
 _any = _value(r"[^\x00-\x1f\x7f]{1,1024}")
 _file = _value(r"/[^\x00-\x1f\x7f]{0,1023}")
 SENTINEL = frozenset({"sentinel"})
+_replicas = _value(r"\d{1,2}", int, lambda n: 0 <= n <= 16)
+_wait_ms = _value(r"\d{1,6}", int, lambda ms: 1 <= ms <= 600000)
 OPTIONS: dict[str, Option] = {
     "db": Option(_db, "a database number"),
     "username": Option(_any, "a user name"),
@@ -97,6 +111,8 @@ OPTIONS: dict[str, Option] = {
                      topologies=SENTINEL),
     "sentinel_username": Option(_any, "a user name", topologies=SENTINEL),
     "sentinel_password": Option(_any, "a password", secret=True, topologies=SENTINEL),
+    "wait_replicas": Option(_replicas, "a number of replicas from 0 to 16 (WAIT after every publish and ack)"),
+    "wait_timeout": Option(_wait_ms, "milliseconds from 1 to 600000 (how long a WAIT waits; default 1000)"),
     "ssl_cert_reqs": Option(_value("none|optional|required"), "none, optional or required", tls=True),
     "ssl_check_hostname": Option(_boolean, "true or false", tls=True),
     "ssl_ca_certs": Option(_file, "an absolute path", tls=True),
@@ -258,6 +274,17 @@ class BrokerURL:
         return self.options.get("master")
 
     @property
+    def cluster(self) -> bool:
+        return self.spec.topology == "cluster"
+
+    @property
+    def wait(self) -> tuple[int, int] | None:
+        """(replicas, timeout ms) for WAIT after every publish and ack, or None (the default:
+        asynchronous replication, what Redis does)."""
+        replicas = self.options.get("wait_replicas", 0)
+        return (replicas, self.options.get("wait_timeout", 1000)) if replicas else None
+
+    @property
     def redacted(self) -> str:
         return redact(self.url)
 
@@ -307,8 +334,13 @@ def _parse(text: Any) -> BrokerURL:
     if not sep:
         raise _Bad("expected a URL such as redis://127.0.0.1:6379/0")
     if spec is None:
-        raise _Bad(_unknown_scheme(scheme.lower()))
+        raise _Bad(MIXED if "cluster" in scheme.lower() and "sentinel" in scheme.lower()
+                   else _unknown_scheme(scheme.lower()))
     if "://" in rest:
+        if "cluster" in text.lower() and "sentinel" in text.lower():
+            raise _Bad(MIXED)
+        if spec.topology == "cluster":
+            raise _Bad("expected one URL: list several nodes in one, redis+cluster://h1:7000,h2:7001")
         raise _Bad("expected one URL: list several sentinels in one, "
                   "sentinel://h1:26379,h2:26379/0?master=NAME")
     at = _userinfo_end(scheme, rest)
@@ -340,6 +372,8 @@ def _parse(text: Any) -> BrokerURL:
         db = path_db
     if spec.topology == "sentinel" and "master" not in options:
         raise _Bad("expected ?master=NAME: the name the sentinels monitor")
+    if spec.topology == "cluster" and db:
+        raise _Bad("expected database 0 (or none): a Redis Cluster has only database 0")
     return BrokerURL(text, spec.name, hosts, None, db or 0, username, password, options)
 
 
@@ -368,10 +402,12 @@ def _options(query: str, spec: Scheme) -> dict[str, Any]:
             what = f"'{name}'" if SIMPLE_NAME.fullmatch(name) else "(not shown: not a plain name)"
             raise _Bad(f"unknown query option {what}{hint}")
         if option.topologies is not None and spec.topology not in option.topologies:
+            if spec.topology == "cluster" and option.topologies == SENTINEL:
+                raise _Bad(f"{name}= is for sentinel:// URLs: {MIXED}")
             where = " and ".join(f"{s.name}://" for s in SCHEMES.values() if s.topology in option.topologies)
             raise _Bad(f"{name}= is for {where} URLs only")
         if option.tls and not spec.tls:
-            raise _Bad(f"{name}= needs a TLS scheme (rediss:// or sentinels://)")
+            raise _Bad(f"{name}= needs a TLS scheme (rediss://, sentinels:// or rediss+cluster://)")
         if name in parsed:
             raise _Bad(f"expected {name}= once")
         try:
@@ -396,11 +432,13 @@ def _credentials(userinfo: str | None, options: dict[str, Any]) -> tuple[str | N
 
 def _hosts(hostlist: str, spec: Scheme) -> tuple[tuple[str, int], ...]:
     if not hostlist:
+        if spec.topology == "cluster":
+            raise _Bad(f"expected at least one cluster node host[:port], e.g. {spec.name}://10.0.0.1:7000,10.0.0.2:7001")
         raise _Bad("expected at least one sentinel host[:port]" if spec.many_hosts
                   else f"expected a host, e.g. {spec.name}://127.0.0.1:6379/0")
     items = hostlist.split(",")
     if len(items) > 1 and not spec.many_hosts:
-        raise _Bad("expected one host: several hosts are for sentinel:// URLs")
+        raise _Bad("expected one host: several hosts are for sentinel:// and redis+cluster:// URLs")
     hosts = []
     for item in items:
         if not item:

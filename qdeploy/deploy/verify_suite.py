@@ -163,6 +163,42 @@ def test_workers_answer(host, cfg, workers):
                                f"(online: {', '.join(sorted(online)) or 'none'}) {result.stderr.strip()}"
 
 
+_NODES = ("import json, sys\n"
+          "from qdeploy.core.connection import connect, nodes_of\n"
+          "print(json.dumps(nodes_of(connect(sys.argv[1], retries=0, connect_timeout=3))))")
+
+
+def test_broker_nodes_reachable(host, cfg):
+    """Every node of the broker answers a TCP connect from the host itself: each host:port the URL
+    names (the sentinels, the cluster nodes given), and the nodes the broker reports, asked with
+    the host's own qdeploy (a cluster's every primary and replica, Sentinel's master and replicas:
+    a worker needs every primary). A unix socket must be a socket."""
+    from qdeploy.core.urls import BrokerURL, redact
+
+    url = BrokerURL.parse(cfg["broker"])
+    if url.topology == "unix":
+        assert host.file(url.path).is_socket, f"broker socket {url.path}: not a socket on the host"
+        return
+    nodes = dict.fromkeys(url.hosts, "in the broker URL")
+    problems = []
+    if url.topology in ("cluster", "sentinel"):
+        python = f"{cfg['executable'].rpartition('/')[0]}/python"
+        found = host.run(f"{shlex.quote(python)} -c {shlex.quote(_NODES)} {shlex.quote(cfg['broker'])}")
+        try:
+            reported = json.loads(found.stdout) if found.rc == 0 else None
+        except ValueError:
+            reported = None
+        if reported is None:
+            problems.append(f"{redact(cfg['broker'])}: could not ask the broker for its nodes "
+                            f"({(found.stderr.strip().splitlines() or ['no output'])[-1][:200]})")
+        for h, p, role in reported or ():
+            nodes.setdefault((h, p), f"a {role} the broker reports")
+    for (h, p), why in sorted(nodes.items()):
+        if not host.addr(h).port(p).is_reachable:
+            problems.append(f"{h}:{p} ({why}) is not reachable")
+    assert not problems, "broker: " + "; ".join(problems)
+
+
 def test_pid_files_name_live_processes(host, cfg):
     """systemd needs no pid files; where init.d or `qdeploy multi` left some, none is stale."""
     listing = host.run(f"find {shlex.quote(cfg['pid_dir'])} -maxdepth 1 -name '*.pid' -type f")

@@ -92,7 +92,9 @@ SETTINGS: tuple[Setting, ...] = (
        "Import path of the application object (`module:attribute`).", "--app", short="-A"),
     _s("broker", BROKER_URL, t.broker_url,
        "Broker URL: `redis://`, `rediss://` (TLS), `unix://`, `sentinel://` or `sentinels://` (TLS) with "
-       "several sentinels as `host:port,host:port` and `?master=NAME` (forms and options: docs/protocol.md). "
+       "several sentinels as `host:port,host:port` and `?master=NAME`, `redis+cluster://` or `rediss+cluster://` "
+       "(TLS) with any nodes of a Redis Cluster as `host:port,host:port`; `?wait_replicas=N` makes every publish "
+       "and ack wait for N replicas (forms and options: docs/protocol.md). "
        "May hold a password: files that contain it are rendered 0640, and no output or log line shows it. "
        "The ops commands (`status`, `inspect`...) read it from here too.", "--broker", short="-b"),
     _s("workdir", "/var/lib/qdeploy", t.service_dir, "Working directory of every process.", "--workdir"),

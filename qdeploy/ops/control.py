@@ -131,7 +131,9 @@ class ControlServer:
 
     def _subscribe(self) -> None:
         try:
-            pubsub = self.master.broker.client.pubsub(ignore_subscribe_messages=True)
+            # subscribe confirmations are read and skipped below: an ignored one makes get_message
+            # return None as if nothing were there, leaving a message behind it in the buffer
+            pubsub = self.master.broker.client.pubsub(ignore_subscribe_messages=False)
             pubsub.subscribe(self.keys.control)
             sock = socket_of(pubsub.connection)  # what the selector watches
             if sock is None:
@@ -371,10 +373,14 @@ class Control:
         unknown = [d for d in destination or [] if not any(d == o or d == str(i.get("node")) for o, i in online.items())]
         rid = uuid.uuid4().hex
         body = json.dumps({"v": 1, "id": rid, "cmd": cmd, "args": args or {}, "dest": destination})
-        pipe = self.client.pipeline(transaction=True)
-        pipe.set(self.keys.control_request(rid), body, px=max(1, int(timeout * 1000)))
-        pipe.publish(self.keys.control, rid)
-        pipe.execute()
+        if getattr(self.broker, "cluster", False):  # no MULTI across slots (nor PUBLISH in one): in order
+            self.client.set(self.keys.control_request(rid), body, px=max(1, int(timeout * 1000)))
+            self.client.publish(self.keys.control, rid)
+        else:
+            pipe = self.client.pipeline(transaction=True)
+            pipe.set(self.keys.control_request(rid), body, px=max(1, int(timeout * 1000)))
+            pipe.publish(self.keys.control, rid)
+            pipe.execute()
         gathered = Gathered(cmd, unknown=unknown)
         deadline = started + timeout
         while not expected or not expected <= gathered.replies.keys():

@@ -82,10 +82,14 @@ class EventPublisher:
             return
         batch, self.pending = self.pending, []
         try:
-            pipe = self.broker.client.pipeline(transaction=False)
-            for event in batch:
-                pipe.publish(self.channel, event)
-            pipe.execute()
+            if getattr(self.broker, "cluster", False):  # a cluster pipeline refuses PUBLISH
+                for event in batch:
+                    self.broker.client.publish(self.channel, event)
+            else:
+                pipe = self.broker.client.pipeline(transaction=False)
+                for event in batch:
+                    pipe.publish(self.channel, event)
+                pipe.execute()
         except _DOWN as exc:
             if not self.failing:
                 log.warning("events: cannot publish (%s); dropping events until the broker answers", exc)

@@ -37,13 +37,13 @@ def process_shutdown(exitcode: int) -> None:
         log.error("worker_process_shutdown: a receiver raised %s", type(exc).__name__)
 
 
-def killed_followups(app, broker, task_id: str, exc_type: str, reason: str) -> list | None:
+def killed_followups(app, broker, task_id: str, exc_type: str, reason: str, queue: str | None = None) -> list | None:
     """What a child would have sent with the ack of a task the master killed (its hard time
     limit): its error callbacks, its chord's failure, its unique key freed; as the ack's ops."""
     from qdeploy.core import message, workflow
 
     try:
-        raw = broker.client.hget(broker.keys.msg, task_id)
+        raw = broker.body(task_id, queue)
         env = message.decode(raw) if raw else None
     except message.MalformedMessage:
         return None

@@ -467,7 +467,8 @@ class Master:
         self.history.keep_call(task)  # its arguments, for the history's retry: read before the ack drops them
         try:
             self.results.store(task_id, record)
-            self.broker.ack(task.cid, task_id, ops=killed_followups(self.app, self.broker, task_id, exc_type, reason))
+            self.broker.ack(task.cid, task_id, ops=killed_followups(self.app, self.broker, task_id, exc_type, reason,
+                                                                    task.queue), queue=task.queue)
         except _REDIS_DOWN as exc:
             log.error("cannot record the failure of task %s (%s)", task_id, exc)
         log.error("task %s killed: %s", task_id, reason)

@@ -18,6 +18,17 @@ Fault kinds (each verified to have really happened, not just attempted):
     ttin_ttou      3 x TTIN then 3 x TTOU to one master      -> the pool grows then shrinks back
     leak           a task leaking 120 MiB                    -> the child is recycled after it
     hang           a task stuck past its hard time limit     -> killed, FAILURE TimeLimitExceeded
+
+On Redis Cluster (`ChaosRun(cluster=True)`: 3 primaries + 3 replicas, AOF on, from
+tests/integration/cluster.py) `restart_redis` becomes
+
+    failover       SIGKILL a primary (the queue's, every other time); its replica takes over; the
+                   killed node is started again and rejoins as a replica -> workers follow
+
+and the tasks record their runs in a *ledger* (a private single redis-server, $QDEPLOY_LEDGER), so
+the accounting does not depend on the broker under test. A task lost by a failover is named as
+lost by asynchronous replication when it was published to the killed primary in the seconds
+before it died and is not on the promoted replica; anything else missing is a loss.
 """
 
 from __future__ import annotations
@@ -45,6 +56,8 @@ from qdeploy import App
 REPO = Path(__file__).resolve().parents[2]
 FAULT_KINDS = ("kill_child", "kill_master", "stop_node", "restart_redis", "hup_storm", "ttin_ttou",
                "leak", "hang")
+CLUSTER_FAULT_KINDS = tuple("failover" if k == "restart_redis" else k for k in FAULT_KINDS)
+REPLICATION_WINDOW = 2.0  # seconds before a failover in which a publish may be lost by async replication
 
 
 def free_port() -> int:
@@ -142,11 +155,13 @@ class Node:
         if self.notify is not None:
             self.notify.close()
         self.notify = Notify(self.run.dir)
-        env = dict(os.environ, QDEPLOY_NAMESPACE=self.run.ns, QDEPLOY_BROKER=self.run.redis.url,
+        env = dict(os.environ, QDEPLOY_NAMESPACE=self.run.ns, QDEPLOY_BROKER=self.run.url,
                    QDEPLOY_VISIBILITY_TIMEOUT=str(self.run.visibility), QDEPLOY_MAX_DELIVERIES="10",
                    NOTIFY_SOCKET=self.notify.path,
                    PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
         env.pop("QDEPLOY_CONFIG", None)
+        if self.run.cluster:  # the ledger; and the task history, which is not cluster-safe yet
+            env.update(QDEPLOY_LEDGER=self.run.ledger.url, QDEPLOY_HISTORY_MAX="0")
         argv = [sys.executable, "-m", "qdeploy", "worker", "-A", "tests.chaos.tasks:app", "--allow-root",
                 "-n", f"{self.name}@chaos", "-c", str(self.run.concurrency), "-l", "info",
                 "--max-memory-per-child", "100M", "--graceful-timeout", "30"]
@@ -195,8 +210,10 @@ class Report:
     attempted: Counter = field(default_factory=Counter)
     producer_retries: int = 0
     dead_letters: list[dict] = field(default_factory=list)
+    replication_lost: dict[int, str] = field(default_factory=dict)  # cluster: lost tasks, each named
     leftovers: dict[str, int] = field(default_factory=dict)  # queue/in-flight keys not empty at the end
     wall: float = 0.0
+    kinds: tuple = FAULT_KINDS
     problems: list[str] = field(default_factory=list)  # failed fault verifications, unexpected exits
 
     def summary(self) -> str:
@@ -206,8 +223,9 @@ class Report:
              f"({sum(len(v) - 1 for v in self.duplicated.values())} extra runs), "
              f"producer retries {self.producer_retries}, dead letters {len(self.dead_letters)}"),
             "  faults injected (verified/attempted): " + ", ".join(
-                f"{k} {self.faults[k]}/{self.attempted[k]}" for k in FAULT_KINDS),
+                f"{k} {self.faults[k]}/{self.attempted[k]}" for k in self.kinds),
         ]
+        lines += [f"  lost w{n}: {why}" for n, why in sorted(self.replication_lost.items())]
         if self.duplicated:
             lines.append("  duplicates explained: " + ", ".join(f"{k} {v}" for k, v in self.explained.most_common()))
         if self.lost:
@@ -222,7 +240,7 @@ class Report:
 class ChaosRun:
     def __init__(self, directory: Path | None = None, *, duration: float = 55.0, nodes: int = 3,
                  concurrency: int = 2, visibility: float = 5.0, rate: float = 12.0, seed: int | None = None,
-                 log=print):
+                 log=print, cluster: bool = False):
         self.dir = Path(directory or tempfile.mkdtemp(prefix="qdeploy-chaos-"))
         self.dir.mkdir(parents=True, exist_ok=True)
         self.duration, self.concurrency, self.visibility, self.rate = duration, concurrency, visibility, rate
@@ -230,9 +248,21 @@ class ChaosRun:
         self.rng = random.Random(self.seed)
         self.log = log
         self.ns = f"chaos{os.getpid()}"
-        self.redis = Redis(self.dir)
+        self.cluster = cluster
+        self.kinds = CLUSTER_FAULT_KINDS if cluster else FAULT_KINDS
+        if cluster:
+            from tests.integration.cluster import Cluster
+
+            self.broker_cluster = Cluster(self.dir / "cluster", appendonly=True, node_timeout_ms=1000)
+            self.ledger = Redis(self.dir / "ledger")
+            self.url = self.broker_cluster.url
+        else:
+            self.redis = Redis(self.dir)
+            self.url = self.redis.url
         self.nodes = [Node(self, f"n{i}") for i in range(1, nodes + 1)]
-        self.report = Report()
+        self.report = Report(kinds=self.kinds)
+        self.published: dict[int, float] = {}  # cluster: when each task's publish returned
+        self.failovers: list[tuple[float, set[int]]] = []  # (when, the ports that were the queue's primary)
         self.sent = 0
         self.producing = threading.Event()
         self.faulted: dict[int, set[str]] = {}  # pid -> the faults that hit it (to explain duplicates)
@@ -247,8 +277,13 @@ class ChaosRun:
         self.log(f"chaos: seed {self.seed}, dir {self.dir}, {len(self.nodes)} nodes x {self.concurrency}, "
                  f"visibility timeout {self.visibility:g}s, {self.duration:g}s of faults")
         try:
-            self.redis.start()
-            self.app = App("chaos", broker=self.redis.url, namespace=self.ns)
+            if self.cluster:
+                (self.dir / "ledger").mkdir(parents=True, exist_ok=True)
+                self.ledger.start()
+                self.broker_cluster.start()
+            else:
+                self.redis.start()
+            self.app = App("chaos", broker=self.url, namespace=self.ns)
             for node in self.nodes:
                 node.start()
             self.producing.set()
@@ -264,7 +299,11 @@ class ChaosRun:
                 code = node.stop()
                 if code not in (0, None) and node.proc is not None:
                     self.report.problems.append(f"{node.name} exited with {code} on TERM")
-            self.redis.stop()
+            if self.cluster:
+                self.broker_cluster.stop()
+                self.ledger.stop()
+            else:
+                self.redis.stop()
         self.report.wall = time.monotonic() - started
         return self.report
 
@@ -277,13 +316,15 @@ class ChaosRun:
                     self.app.send_task("chaos.work", [number, round(self.rng.uniform(0.05, 0.5), 3)],
                                        task_id=task_id, retry=False)
                     break
-                except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError):
+                except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError,
+                        redis.exceptions.ClusterDownError, redis.exceptions.TryAgainError):
                     # The send may have been applied before the reply was lost: sending it again
                     # may run it twice (explained as "producer retry").
                     with self._lock:
                         self.report.producer_retries += 1
                         self.retried.add(number)
                     time.sleep(0.2)
+            self.published[number] = time.time()
             self.sent += 1
             time.sleep(1.0 / self.rate)
 
@@ -292,7 +333,7 @@ class ChaosRun:
         order with child kills in between; the soak repeats rounds until `until`."""
         plan: list[str] = []
         while not plan or time.monotonic() < until:
-            kinds = [k for k in FAULT_KINDS if k != "kill_child"]
+            kinds = [k for k in self.kinds if k != "kill_child"]
             self.rng.shuffle(kinds)
             for kind in kinds:
                 if time.monotonic() >= until and len(plan) >= len(kinds):
@@ -387,6 +428,22 @@ class ChaosRun:
         assert reloaded and aof, f"redis came back without its data (reloaded={reloaded}, aof={aof})"
         return self.redis.proc.pid != old
 
+    def fault_failover(self) -> bool:
+        """Cluster: SIGKILL a primary (the queue's primary every other time, else another), wait
+        until its replica is promoted and the cluster is ok, start the killed node again (it
+        rejoins as a replica of its successor, so the next failover has a replica to promote)."""
+        c = self.broker_cluster
+        queue_primary = c.port_of_key(f"{{{self.ns}:default}}:q")
+        others = [p for p in c.primary_ports() if p != queue_primary]
+        victim = queue_primary if len(self.failovers) % 2 == 0 or not others else self.rng.choice(others)
+        replica = c.replica_of(victim)
+        c.kill(victim)
+        self.failovers.append((time.time(), {victim} if victim == queue_primary else set()))
+        c.wait_failover(victim, replica, timeout=30)
+        c.restart_as_replica(victim)
+        c.wait_healthy(30)
+        return c.role(replica) == "master" and c.role(victim) == "slave"
+
     def fault_hup_storm(self) -> bool:
         node = self.pick()
         before = node.text().count("reloaded:")
@@ -428,14 +485,28 @@ class ChaosRun:
         return True
 
     # -- the end -------------------------------------------------------------------------------
+    def record_client(self):
+        """Where the tasks' runs are recorded: the broker, or on a cluster the ledger."""
+        return self.ledger.client() if self.cluster else self.redis.client()
+
+    def broker_client(self):
+        return self.broker_cluster.cluster_client() if self.cluster else self.redis.client()
+
     def settle(self) -> None:
-        """Wait until every sent task completed and nothing is queued or in flight."""
-        client = self.redis.client()
+        """Wait until every sent task completed and nothing is queued or in flight (on a cluster:
+        or nothing completed for twice the visibility timeout, what is missing then is lost)."""
+        client, broker = self.record_client(), self.broker_client()
         limit = 3 * self.visibility + 60
+        quiet = {"last": -1, "since": time.monotonic()}
 
         def done() -> bool:
             completed = client.hlen(f"{self.ns}:chaos:done")
-            return completed >= self.sent and not self._leftovers(client)
+            if self.cluster and completed != quiet["last"]:
+                quiet.update(last=completed, since=time.monotonic())
+            if self.cluster and time.monotonic() - quiet["since"] > 2 * self.visibility + 5 \
+                    and not self._leftovers(broker):
+                return True
+            return completed >= self.sent and not self._leftovers(broker)
 
         try:
             wait_until(done, limit, "every task to complete", interval=0.5)
@@ -444,28 +515,46 @@ class ChaosRun:
 
     def _leftovers(self, client) -> dict[str, int]:
         out = {}
-        for key in client.scan_iter(f"{self.ns}:*"):
+        tag = f"{{{self.ns}:"
+        for key in client.scan_iter(f"{tag}*" if self.cluster else f"{self.ns}:*"):
             k = key.decode()
-            if k.startswith((f"{self.ns}:q:", f"{self.ns}:inflight:", f"{self.ns}:eta:")):
+            if k.startswith((f"{self.ns}:q:", f"{self.ns}:inflight:", f"{self.ns}:eta:")) or (
+                    k.startswith(tag) and (k.endswith(("}:q", "}:eta")) or "}:inflight:" in k)):
                 size = client.llen(key) if client.type(key) == b"list" else client.zcard(key)
                 if size:
                     out[k] = size
         return out
 
     def account(self) -> None:
-        client = self.redis.client()
+        client, broker = self.record_client(), self.broker_client()
         r = self.report
         r.tasks = self.sent
         done = {int(k): int(v) for k, v in client.hgetall(f"{self.ns}:chaos:done").items()}
         r.completed = sum(1 for n in range(self.sent) if done.get(n))
         r.lost = [n for n in range(self.sent) if not done.get(n)]
-        r.leftovers = self._leftovers(client)
-        r.dead_letters = [json.loads(d) for d in client.lrange(f"{self.ns}:dead", 0, -1)]
+        if self.cluster:  # name what async replication lost; the rest stays lost
+            for n in list(r.lost):
+                why = self._lost_by_failover(broker, n)
+                if why:
+                    r.lost.remove(n)
+                    r.replication_lost[n] = why
+        r.leftovers = self._leftovers(broker)
+        dead = f"{{{self.ns}:default}}:dead" if self.cluster else f"{self.ns}:dead"
+        r.dead_letters = [json.loads(d) for d in broker.lrange(dead, 0, -1)]
         for n, count in done.items():
             if count > 1:
                 runs = [x.decode() for x in client.lrange(f"{self.ns}:chaos:runs:{n}", 0, -1)]
                 r.duplicated[n] = runs
                 r.explained[self.explain(n, runs)] += 1
+
+    def _lost_by_failover(self, broker, number: int) -> str | None:
+        at = self.published.get(number)
+        for when, queue_primaries in self.failovers:
+            if queue_primaries and at is not None and when - REPLICATION_WINDOW <= at <= when + 0.1 \
+                    and not broker.hexists(f"{{{self.ns}:default}}:msg", f"w{number}"):
+                return (f"lost by asynchronous replication: published to the queue's primary "
+                        f"{(when - at) * 1000:.0f} ms before it was killed, not on the promoted replica")
+        return None
 
     def explain(self, number: int, runs: list[str]) -> str:
         """Why a task ran more than once (at-least-once): the fault that hit one of its runs. A
@@ -475,6 +564,8 @@ class ChaosRun:
         for kind in ("stop_node", "kill_master", "kill_child"):  # the likeliest cause first
             if kind in hit:
                 return f"a run on a process hit by {kind}"
+        if self.cluster and any(qp for _, qp in self.failovers):
+            return "a failover of its queue's primary: its ack or delivery count was lost with the old primary"
         if any(int(run.split(":")[1]) > 1 for run in runs):
             return "redelivered after its ack was lost (Redis restart / recovery)"
         if number in self.retried:

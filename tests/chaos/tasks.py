@@ -1,8 +1,9 @@
 """Tasks the chaos run executes in real `qdeploy worker` masters (`-A tests.chaos.tasks:app`).
 
-Every execution of `chaos.work` that *completes* leaves a trace in Redis: `<ns>:chaos:done` (hash
-task number -> completed runs) and `<ns>:chaos:runs:<n>` (a list of "pid:deliveries", one per
-completed run) so that a duplicate can be explained afterwards. The writes retry while Redis is
+Every execution of `chaos.work` that *completes* leaves a trace in Redis (the broker, or the ledger
+$QDEPLOY_LEDGER when set): `<ns>:chaos:done` (hash task number -> completed runs) and
+`<ns>:chaos:runs:<n>` (a list of "pid:deliveries", one per completed run) so that a duplicate
+can be explained afterwards. The writes retry while Redis is
 being restarted: a completed run is never forgotten because the broker happened to be down.
 """
 
@@ -20,12 +21,26 @@ app = App("chaos", broker=os.environ.get("QDEPLOY_BROKER"),
           max_deliveries=int(os.environ.get("QDEPLOY_MAX_DELIVERIES", "5")))
 
 
+_ledger = None
+
+
+def _recorder():
+    """The broker's client, or a ledger outside it ($QDEPLOY_LEDGER: the cluster chaos run, whose
+    failovers may lose what the broker was told last)."""
+    global _ledger
+    if "QDEPLOY_LEDGER" not in os.environ:
+        return app.transport.client
+    if _ledger is None:
+        _ledger = redis.Redis.from_url(os.environ["QDEPLOY_LEDGER"], socket_timeout=5)
+    return _ledger
+
+
 def _record(number: int, deliveries: int) -> None:
     ns = app.namespace
     deadline = time.monotonic() + 120
     while True:
         try:
-            pipe = app.transport.client.pipeline(transaction=True)
+            pipe = _recorder().pipeline(transaction=True)
             pipe.hincrby(f"{ns}:chaos:done", str(number), 1)
             pipe.rpush(f"{ns}:chaos:runs:{number}", f"{os.getpid()}:{deliveries}")
             pipe.execute()

@@ -38,5 +38,5 @@ def test_a_host_without_qdeploy_fails_every_check(tmp_path):
                             capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "none.toml: no such file on the host" in result.stdout
-    assert "10 errors" in result.stdout
+    assert "11 errors" in result.stdout
     assert not (tmp_path / ".pytest_cache").exists()  # no cache written where it was run
