@@ -281,7 +281,7 @@ def test_protocol_1_writes_v1_or_refuses(app, tasks):
     assert '"v":1' in producer.encode(app, env)
     with pytest.raises(ValueError, match="needs envelope v2 .*callbacks.*task_protocol is 1"):
         tasks["add"].apply_async((1, 2), link=tasks["add"].s(1))
-    with pytest.raises(ValueError, match="task_protocol must be 1 or 2"):
+    with pytest.raises(ValueError, match="task_protocol = 3: expected 1 or 2"):
         app.conf.update(task_protocol=3)
     app.conf.task_protocol = 2
     assert chain(tasks["add"].s(1, 1), tasks["add"].s(1)).apply_async().parent is not None
