@@ -26,13 +26,7 @@ generated from the same templates, so the Python and the Lua side cannot drift a
     ns:ctl:req:<rid>      string  one control request, expiring with its timeout
     ns:ctl:reply:<rid>    list    the nodes' replies to it
     ns:ev                 channel task and worker events (JSON, qdeploy.ops.events)
-    ns:hist:rec           hash    task history: id -> record (qdeploy.ops.history: tab-separated, capped)
-    ns:hist:t             zset    history ids by start time
-    ns:hist:c:<combo>     zset    history ids of one "state<TAB>node<TAB>name", by start time
-    ns:hist:combos        zset    the combos that have ids (score 0, lexical)
-    ns:hist:slow          zset    the slowest finished tasks of the history (capped), by run time
-    ns:hist:m:<minute>    hash    per-minute counts and run-time buckets (charts), expire after 2 days
-    ns:hist:q             zset    queue depth samples (JSON), by time; ns:hist:audit: list, dashboard actions
+    {ns:hist}:*           the task history (qdeploy.ops.history has its layout): one hash slot, on one server too
     ns:beat:*             beat's lock, anchors, runs and dynamic entries (qdeploy.beat.store)
 
 On Redis Cluster (`redis+cluster://`) the same protocol runs over `ClusterKeys(namespace)`: what
@@ -68,14 +62,6 @@ TEMPLATES: dict[str, str] = {
     "control_request": "ctl:req:{}",
     "control_reply": "ctl:reply:{}",
     "events": "ev",
-    "history": "hist:rec",
-    "history_time": "hist:t",
-    "history_combo": "hist:c:{}",
-    "history_combos": "hist:combos",
-    "history_slow": "hist:slow",
-    "history_minute": "hist:m:{}",
-    "history_queues": "hist:q",
-    "history_audit": "hist:audit",
     "beat_lock": "beat:lock",
     "beat_last": "beat:last",
     "beat_runs": "beat:runs",
@@ -91,7 +77,7 @@ LUA_KEYS = ("msg", "dlv", "consumers", "dead", "queue", "eta", "inflight", "hear
 
 def lua_helpers(names: tuple[str, ...] = LUA_KEYS) -> str:
     """`local function k_queue(ns, x) return ns .. ':q:' .. x end` and so on, from TEMPLATES
-    (`names`: the keys a script needs, when not the protocol's: e.g. the task history's)."""
+    (`names`: the keys a script needs, when not the protocol's)."""
     lines = []
     for name in names:
         head, variable, tail = TEMPLATES[name].partition("{}")

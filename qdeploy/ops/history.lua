@@ -1,6 +1,9 @@
 -- Add a batch of task-history records and trim what falls beyond the cap, atomically: an index
 -- entry never exists without its record (qdeploy/ops/history.py explains the layout).
--- ARGV: ns, cap, trim_max, minute_ttl, slow_max, n,
+-- KEYS: records (hash), time index, slowest, combos (zsets): history.script_keys. Every other key
+-- it touches (a combo's set, a minute's hash) is derived from ARGV[1], the prefix of those keys
+-- ('{ns:hist}:'), so it is in their hash slot: Redis Cluster runs it on the slot's primary.
+-- ARGV: prefix, cap, trim_max, minute_ttl, slow_max, n,
 --       n x (id, value)       the records: history.FIELDS, tab-separated (state, node, name first)
 --       n x score             their start times (whole microseconds)
 --       g, g x (combo, first, count)   the records are sorted by combo: records first..first+count-1
@@ -9,9 +12,9 @@
 -- The common case, records that are new, costs Redis a few bulk commands and almost no Lua per
 -- record (HSET straight from ARGV, ZADD from tables built in one pass); only a record that
 -- exists already (its end after its start, a retry) is merged one by one.
-local ns, cap, trim_max, minute_ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local prefix, cap, trim_max, minute_ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local slow_max, n = tonumber(ARGV[5]), tonumber(ARGV[6])
-local rec, tkey, slowkey, combos = k_history(ns), k_history_time(ns), k_history_slow(ns), k_history_combos(ns)
+local rec, tkey, slowkey, combos = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local MAX_ATTEMPTS = 20
 local COMBO = '^([^\t]*\t[^\t]*\t[^\t]*)\t'
 local RUNTIME = '^[^\t]*\t[^\t]*\t[^\t]*\t[^\t]*\t[^\t]*\t[^\t]*\t[^\t]*\t([^\t]*)'
@@ -72,7 +75,7 @@ local gone, gn = {}, {}  -- sorted set key -> ids to remove from it
 local keyof, touched = {}, {}  -- combo -> its key; combos that lost ids
 local function key(combo)
   local k = keyof[combo]
-  if not k then k = k_history_combo(ns, combo); keyof[combo] = k end
+  if not k then k = prefix .. 'c:' .. combo; keyof[combo] = k end
   return k
 end
 local function remove(k, id)
@@ -178,7 +181,7 @@ local m = tonumber(ARGV[pos]) or 0
 local minutes = {}
 for i = 0, m - 1 do
   local b = pos + 1 + i * 3
-  local mk = k_history_minute(ns, ARGV[b])
+  local mk = prefix .. 'm:' .. ARGV[b]
   redis.call('HINCRBY', mk, ARGV[b + 1], ARGV[b + 2])
   minutes[mk] = true
 end

@@ -7,19 +7,23 @@ masters write it (`history_writer.HistoryWriter`, fed by the children's event li
 round trip per ~200 ms batch) and the dashboard (and the Django admin) read it; no task, producer
 or consumer ever touches it.
 
-Layout (key names: `qdeploy/core/keys.py`, `history_*`):
+Layout: every key in one hash slot, tagged `{ns:hist}` (the same names on one server and on
+Redis Cluster, where the history lives on the primary that serves that slot):
 
-    ns:hist:rec          hash  id -> the record's FIELDS, tab-separated (state, node, name first)
-    ns:hist:t            zset  id -> start time of its latest delivery       (newest first, time ranges)
-    ns:hist:c:<combo>    zset  id -> start time, per "state<TAB>node<TAB>name" (a search merges them)
-    ns:hist:combos       zset  the combos that have ids (score 0): names, nodes, states in the history
-    ns:hist:slow         zset  id -> run time of the SLOW_MAX slowest finished tasks (slowest first)
-    ns:hist:m:<minute>   hash  per-minute counts and run-time buckets (charts); expires after 2 days
-    ns:hist:q            zset  queue depth samples by time (the dashboard writes them)
-    ns:hist:audit        list  the dashboard's actions, newest first (capped)
+    {ns:hist}:rec          hash  id -> the record's FIELDS, tab-separated (state, node, name first)
+    {ns:hist}:t            zset  id -> start time of its latest delivery       (newest first, time ranges)
+    {ns:hist}:c:<combo>    zset  id -> start time, per "state<TAB>node<TAB>name" (a search merges them)
+    {ns:hist}:combos       zset  the combos that have ids (score 0): names, nodes, states in the history
+    {ns:hist}:slow         zset  id -> run time of the SLOW_MAX slowest finished tasks (slowest first)
+    {ns:hist}:m:<minute>   hash  per-minute counts and run-time buckets (charts); expires after 2 days
+    {ns:hist}:q            zset  queue depth samples by time (the dashboard writes them)
+    {ns:hist}:audit        list  the dashboard's actions, newest first (capped)
 
 One Lua script (`history.lua`) adds a batch and trims the oldest records beyond the cap from
-every index, atomically. A record (`decode`): `id, name, state, queue, node, pid, sent, eta, due,
+every index, atomically. It declares the four fixed keys (`script_keys`: they pin the slot, so a
+cluster client sends it to the right primary) and derives the per-combo and per-minute keys from
+the slot's prefix, which Redis (7 too) allows for keys of the slot the declared keys hash to.
+A record (`decode`): `id, name, state, queue, node, pid, sent, eta, due,
 received, started, done, runtime, retries, exc, killed, parent, root, group, call` (the JSON text
 `[args, kwargs]` as `history_args` says: of every task, of failed and retried ones (the default),
 or none, when it fits in ARGS_MAX bytes; `call_text`, the start of it, when it does not) and
@@ -34,7 +38,6 @@ import json
 import math
 from importlib import resources
 
-from qdeploy.core.keys import TEMPLATES, lua_helpers
 from qdeploy.core.message import TASK_ID
 
 STATES = ("STARTED", "SUCCESS", "FAILURE", "RETRY", "REVOKED", "PENDING")
@@ -57,23 +60,26 @@ _KINDS = {"pid": "int", "retries": "int", "started": "time", "done": "time", "se
           "due": "time", "runtime": "seconds", "parent": "id", "root": "id", "group": "id", "attempts": "json"}
 _ATTEMPT_TIMES = ("started", "done", "runtime")
 SLOW_MAX = 1_000  # the slowest tasks a run-time sort over the whole history pages through
-_LUA_KEYS = ("history", "history_time", "history_combo", "history_combos", "history_slow", "history_minute")
 
 
 def lua_source() -> str:
-    return lua_helpers(_LUA_KEYS) + resources.files("qdeploy.ops").joinpath("history.lua").read_text()
+    return resources.files("qdeploy.ops").joinpath("history.lua").read_text()
+
+
+def prefix(namespace: str) -> str:
+    """What every history key of a namespace starts with: `{ns:hist}:`, one hash slot."""
+    return f"{{{namespace}:hist}}:"
 
 
 class HistoryKeys:
-    """The history's key names in one namespace (from `keys.TEMPLATES`, like every other key)."""
+    """The history's key names in one namespace, all in the hash slot of `{ns:hist}`."""
 
     def __init__(self, namespace: str):
         self.ns = namespace
-        t = {name: f"{namespace}:{TEMPLATES[name]}" for name in TEMPLATES if name.startswith("history")}
-        self.rec, self.time, self.slow, self.combos = (t["history"], t["history_time"], t["history_slow"],
-                                                       t["history_combos"])
-        self.queues, self.audit = t["history_queues"], t["history_audit"]
-        self._combo, self._minute = t["history_combo"].replace("{}", ""), t["history_minute"].replace("{}", "")
+        self.prefix = p = prefix(namespace)
+        self.rec, self.time, self.slow, self.combos = p + "rec", p + "t", p + "slow", p + "combos"
+        self.queues, self.audit = p + "q", p + "audit"
+        self._combo, self._minute = p + "c:", p + "m:"
 
     def combo(self, combo: str) -> str:
         """The sorted set of one "state<TAB>node<TAB>name"."""
@@ -122,11 +128,17 @@ def encode(record: dict) -> Row | None:
             None if runtime is None else us(runtime))
 
 
+def script_keys(ns: str) -> list[str]:
+    """history.lua's KEYS: records, time index, slowest, combos (in the order the script reads them)."""
+    p = prefix(ns)
+    return [p + "rec", p + "t", p + "slow", p + "combos"]
+
+
 def script_args(ns: str, cap: int, rows: list[Row], increments: list, floor: int = -1) -> list:
     """history.lua's ARGV for `rows` (sorted by combo here) and per-minute increments; `floor`:
     the run time (us) a task must beat to enter the full slowest set (the script's last reply)."""
     rows = sorted(rows, key=_combo_of)
-    args: list = [ns, cap, TRIM_MAX, MINUTE_TTL, SLOW_MAX, len(rows)]
+    args: list = [prefix(ns), cap, TRIM_MAX, MINUTE_TTL, SLOW_MAX, len(rows)]
     for row in rows:
         args += (row[1], row[2])
     args += [row[3] for row in rows]
@@ -269,10 +281,17 @@ class HistoryStore:
     # -- writes ------------------------------------------------------------------------------
     def add(self, batches: list[tuple[list[Row], list[tuple[int, str, int]]]]) -> list:
         """Store batches of (rows, per-minute increments): one EVALSHA each, all in one pipeline
-        (one round trip). Returns each script's [added, trimmed, floor]."""
+        (one round trip; on Redis Cluster, whose pipelines take no scripts, one call each, sent
+        to the primary of the history's slot). Returns each script's [added, trimmed, floor]."""
+        from qdeploy.core.connection import is_cluster  # not at import: `history` is read without redis too
+
+        keys = script_keys(self.keys.ns)
+        if is_cluster(self.client):
+            return [self._add(keys=keys, args=script_args(self.keys.ns, self.cap, rows, increments))
+                    for rows, increments in batches]
         pipe = self.client.pipeline(transaction=False)
         for rows, increments in batches:
-            self._add(args=script_args(self.keys.ns, self.cap, rows, increments), client=pipe)
+            self._add(keys=keys, args=script_args(self.keys.ns, self.cap, rows, increments), client=pipe)
         return pipe.execute()
 
     def audit(self, entry: dict) -> None:

@@ -11,7 +11,8 @@ Cheap per task, because the master does it for every task: `started` keeps a ref
 `Task` the event line made (`worker/state.py`, which a `D` line then completes in place), and
 the record is built at flush time as tab-separated text (history.FIELDS), the child's fields
 passed on as it sent them (readers check every field: history.decode). Sent with qdeploy's own
-RESP packing on a connection of its own (HotPath).
+RESP packing on a connection of its own (HotPath; on Redis Cluster ClusterHotPath, which sends
+the script to the primary of the history's slot, `{ns:hist}`, that its declared keys name).
 
 The writer never blocks or kills the master: its connection has a short timeout and no retries;
 a broker that is down, or full (OOM, a read-only replica), keeps the batch and tries again with
@@ -97,7 +98,8 @@ class HistoryWriter:
             return
         try:
             client = self._store_client()
-            raw = client.hget(self.broker.keys.msg, task.id) if client is not None else None
+            msgs = self.broker.keys.of(task.queue).msg  # its queue's (on Redis Cluster: in the queue's slot)
+            raw = client.hget(msgs, task.id) if client is not None else None
             env = json.loads(raw) if raw else None
             if isinstance(env, dict) and isinstance(env.get("args"), list) and isinstance(env.get("kwargs"), dict):
                 call = json.dumps([env["args"], env["kwargs"]], separators=(",", ":"), ensure_ascii=True)
@@ -188,8 +190,9 @@ class HistoryWriter:
     def _send(self, records: list, increments: list) -> None:
         self._store_client()
         assert self._hot is not None
-        reply = self._hot.evalsha(self._script, 0, *history.script_args(self.broker.ns, self.cap, records, increments,
-                                                                        self.floor))
+        ns = self.broker.ns
+        reply = self._hot.evalsha(self._script, 4, *history.script_keys(ns),
+                                  *history.script_args(ns, self.cap, records, increments, self.floor))
         try:
             self.floor = int(float(reply[2]))
         except (TypeError, ValueError, IndexError):

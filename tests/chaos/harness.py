@@ -160,8 +160,8 @@ class Node:
                    NOTIFY_SOCKET=self.notify.path,
                    PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
         env.pop("QDEPLOY_CONFIG", None)
-        if self.run.cluster:  # the ledger; and the task history, which is not cluster-safe yet
-            env.update(QDEPLOY_LEDGER=self.run.ledger.url, QDEPLOY_HISTORY_MAX="0")
+        if self.run.cluster:  # the ledger
+            env.update(QDEPLOY_LEDGER=self.run.ledger.url)
         argv = [sys.executable, "-m", "qdeploy", "worker", "-A", "tests.chaos.tasks:app", "--allow-root",
                 "-n", f"{self.name}@chaos", "-c", str(self.run.concurrency), "-l", "info",
                 "--max-memory-per-child", "100M", "--graceful-timeout", "30"]

@@ -99,8 +99,7 @@ class FailoverRun:
         self.killed_at = 0.0
 
     def execute(self) -> Account:
-        env = {"QDEPLOY_LEDGER": self.ledger.url, "QDEPLOY_VISIBILITY_TIMEOUT": "5", "QDEPLOY_MAX_DELIVERIES": "10",
-               "QDEPLOY_HISTORY_MAX": "0"}  # the task history is not cluster-safe yet (see docs/protocol.md)
+        env = {"QDEPLOY_LEDGER": self.ledger.url, "QDEPLOY_VISIBILITY_TIMEOUT": "5", "QDEPLOY_MAX_DELIVERIES": "10"}
         try:
             for i in range(self.nodes):  # the last -A wins: the ledger's tasks; logs to files (no pipe to fill)
                 self.masters.append(Master(self.topology.url, self.ns, self.tmp, "--allow-root", "-c",

@@ -270,7 +270,7 @@ def test_disabled_writer_writes_nothing(redis_server, namespace):
     writer.started(Child(1, 1, ["cid"], None, None), t)
     writer.finished(None, t)
     writer.flush(force=True)
-    assert writer.due_in() == float("inf") and not list(redis_server.client().scan_iter(f"{namespace}:hist:*"))
+    assert writer.due_in() == float("inf") and not list(redis_server.client().scan_iter(f"{{{namespace}:hist}}:*"))
 
 
 def test_minute_counters_feed_the_charts(redis_server, namespace):

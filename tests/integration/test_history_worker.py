@@ -77,7 +77,7 @@ def test_settings_turn_it_off_or_keep_every_argument(masters, redis_server, name
     result = app.send_task("h.add", (1, 1))
     assert result.get(timeout=10) == 2
     time.sleep(0.5)  # a batch would have been written within 0.2 s
-    assert not list(redis_server.client().scan_iter(f"{namespace}:hist:*"))
+    assert not list(redis_server.client().scan_iter(f"{{{namespace}:hist}}:*"))
     off.signal(signal.SIGTERM)
     off.wait(20)
     masters("-A", APP, "-c", "1", env={"QDEPLOY_HISTORY_ARGS": "all"}).ready()

@@ -2,7 +2,7 @@
 authenticated): each action checks its arguments (they came over the network), does one thing
 through the module that owns it (ops/control, ops/fleet, beat/store, the history's retry
 script), and is logged with who did it: a WARNING line on `qdeploy.dashboard` and an entry in
-the history's audit list (ns:hist:audit), which the page shows.
+the history's audit list ({ns:hist}:audit), which the page shows.
 
     revoke {id, terminate}       app.revoke (terminate: the child running it is killed)
     retry {id}                   a FAILURE of the history sent again under its id (history_retry.lua)
@@ -101,7 +101,12 @@ class Actions:
         except (TypeError, ValueError) as exc:
             raise ActionError(f"cannot build the message: {exc}", 409) from None
         keys = self.broker.keys
-        outcome = self._retry(keys=[self.store.keys.rec, keys.msg, keys.queue(queue)], args=[task_id, body])
+        if keys.cluster:  # the queue's slot is not the history's: its state was checked above
+            self.broker.register(queue)
+            qk = keys.of(queue)
+            outcome = self._retry(keys=[qk.msg, qk.queue], args=[task_id, body])
+        else:
+            outcome = self._retry(keys=[self.store.keys.rec, keys.msg, keys.queue(queue)], args=[task_id, body])
         outcome = outcome.decode() if isinstance(outcome, bytes) else str(outcome)
         if outcome != "ok":
             raise ActionError(f"task {task_id} not sent again: {outcome}", 409)
