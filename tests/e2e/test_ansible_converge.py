@@ -114,7 +114,7 @@ def test_converge_from_the_deb_then_again_with_nothing_changed(deb_host):
 def test_verify_passes_on_the_converged_host(deb_host):
     result = verify(deb_host, "-v")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "10 passed" in result.stdout, result.stdout
+    assert "11 passed" in result.stdout, result.stdout
 
 
 def test_hostile_strings_arrive_intact(deb_host):
