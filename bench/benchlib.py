@@ -1,11 +1,12 @@
 """Shared pieces of the benchmark: a private redis-server, the execution record, stats, memory.
 
 The execution record: every benchmark task (qdeploy and peers alike) calls `benchtask.record(i)`
-when it starts, which appends `"<i> <time.time()>\\n"` to `$BENCH_RECORD_DIR/<pid>.log` with one
-unbuffered `os.write` (O_APPEND). Nothing goes through Redis, so counting costs every system the
-same ~2 µs and adds no round trip to the thing being measured; a process killed mid-run loses
-nothing it wrote. `Records.read()` gives back, per task index, how many times it ran and the
-start times: exactly-once means every index 0..n-1 appears once.
+when it starts, which appends `"<i> <time.time()> <pid>\\n"` to `$BENCH_RECORD_DIR/records.log`
+(created here beforehand, shared by every process) with one unbuffered `os.write` (O_APPEND).
+Nothing goes through Redis, so counting costs every system the same ~2 µs and adds no round trip
+to the thing being measured; a process killed mid-run loses nothing it wrote. `Records.read()`
+gives back, per task index, how many times it ran and the start times: exactly-once means every
+index 0..n-1 appears once; `Records.by_pid()` how many tasks each process ran.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchtask import LINE, record  # noqa: F401 - the task side, re-exported
+from benchtask import FILE, LINE, record  # noqa: F401 - the task side, re-exported
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
@@ -37,7 +38,7 @@ def free_port() -> int:
 class RedisServer:
     """A private, non-persistent redis-server on a free port (never the one on 6379)."""
 
-    def __init__(self):
+    def __init__(self, *extra: str):
         exe = shutil.which("redis-server")
         if exe is None:
             raise SystemExit("redis-server is not installed (apt-get install redis-server)")
@@ -45,7 +46,7 @@ class RedisServer:
         self.dir = Path(tempfile.mkdtemp(prefix="qdeploy-bench-redis-"))
         self.proc = subprocess.Popen(
             [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.dir), "--maxclients", "1000"],
+             "--dir", str(self.dir), "--maxclients", "1000", *extra],
             stdout=open(self.dir / "redis.log", "ab"), stderr=subprocess.STDOUT)
         import redis
 
@@ -68,6 +69,15 @@ class RedisServer:
     def flush(self) -> None:
         self.client.flushall()
 
+    def used_memory(self) -> int:
+        """Bytes the server's allocator holds for data (`INFO memory` used_memory)."""
+        return int(self.client.info("memory")["used_memory"])
+
+    def cpu_seconds(self) -> float:
+        """CPU the server has used so far, system + user (`INFO cpu`)."""
+        cpu = self.client.info("cpu")
+        return float(cpu["used_cpu_sys"]) + float(cpu["used_cpu_user"])
+
     def stop(self) -> None:
         self.proc.terminate()
         try:
@@ -78,21 +88,33 @@ class RedisServer:
 
 
 class Records:
-    """A fresh record directory for one measurement."""
+    """A fresh record directory for one measurement, with its (empty) shared record file."""
 
     def __init__(self):
         self.dir = Path(tempfile.mkdtemp(prefix="qdeploy-bench-rec-"))
+        (self.dir / FILE).touch()
+
+    def lines(self) -> list[list[bytes]]:
+        out = []
+        for path in self.dir.glob("*.log"):
+            out += [line.split() for line in path.read_bytes().splitlines()]
+        return out
 
     def read(self) -> dict[int, list[float]]:
         runs: dict[int, list[float]] = {}
-        for path in self.dir.glob("*.log"):
-            for line in path.read_bytes().splitlines():
-                i, t = line.split()
-                runs.setdefault(int(i), []).append(float(t))
+        for fields in self.lines():
+            runs.setdefault(int(fields[0]), []).append(float(fields[1]))
         return runs
 
+    def by_pid(self) -> dict[int, int]:
+        """Tasks run per process (pid -> count)."""
+        counts: dict[int, int] = {}
+        for fields in self.lines():
+            counts[int(fields[2])] = counts.get(int(fields[2]), 0) + 1
+        return counts
+
     def count(self) -> int:
-        """Records so far, from file sizes only (cheap even with thousands of child files)."""
+        """Records so far, from the file's size only (cheap)."""
         total = 0
         with os.scandir(self.dir) as it:
             for entry in it:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import socket
 import sys
 
@@ -117,6 +118,8 @@ def main(argv=None) -> int:
     ap.add_argument("--tasks-per-child", type=int, default=0, help="0: a child runs until the queue is empty")
     ap.add_argument("--processes", type=int, default=2)
     ap.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE")
+    ap.add_argument("--stats", action="store_true", help="print the parent's and its children's CPU and faults "
+                    "(from the first fork on) as a last line `floor-stats {json}` on stderr (bench/breakdown.py)")
     args = ap.parse_args(argv)
     if args.tasks_per_child < 0 or args.processes < 1:
         ap.error("expected --tasks-per-child >= 0 and --processes >= 1")
@@ -128,7 +131,18 @@ def main(argv=None) -> int:
     except (ValueError, ImportError, OSError) as exc:
         print(f"floor: {exc}", file=sys.stderr)
         return 2
-    return serve(where, args.tasks_per_child, args.processes)
+    if not args.stats:
+        return serve(where, args.tasks_per_child, args.processes)
+    before = usage(resource.RUSAGE_SELF)
+    code = serve(where, args.tasks_per_child, args.processes)
+    print("floor-stats " + json.dumps({"self0": before, "self1": usage(resource.RUSAGE_SELF),
+                                       "children": usage(resource.RUSAGE_CHILDREN)}), file=sys.stderr, flush=True)
+    return code
+
+
+def usage(who: int) -> dict:
+    r = resource.getrusage(who)
+    return {"cpu": r.ru_utime + r.ru_stime, "flt": r.ru_minflt}
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@
     python bench/run.py                 # every workload, 3 repeats (medians), ~15 min on 2 cores
     python bench/run.py --quick         # 1 small repeat of everything, ~2-3 min
     python bench/run.py --only drain,enqueue --systems qdeploy,celery
+    python bench/run.py --growth        # how cost grows: the curves of bench/growth.py, ~40 min
+    python bench/run.py --cluster       # Redis Cluster next to one server, this tree next to HEAD (bench/cluster.py)
 
 Peers are measured when installed (`pip install .[bench]`). Writes bench/results.json and the
 table in bench/README.md (unless --no-write). See bench/README.md for what is measured and how.
@@ -24,6 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import benchlib  # noqa: E402
+import growth  # noqa: E402
 from benchlib import BENCH_DIR, Records, RedisServer, Worker, median, percentile, verify  # noqa: E402
 
 WORKLOADS = ["drain", "mtpc1", "mtpc10", "enqueue", "startup", "latency", "memory", "render"]
@@ -180,42 +183,47 @@ class Bench:
 
     # -- the run ------------------------------------------------------------------------------
     def run(self, only: list[str]) -> None:
+        """Workload by workload, every system back to back, so that the ratios compare measurements
+        taken seconds apart on a shared machine whose load drifts; the order of the systems is
+        reversed every other repeat, so neither end of a workload is always measured first."""
         a = self.args
         for rep in range(a.repeats):
             self.log(f"repeat {rep + 1}/{a.repeats} (load average {os.getloadavg()[0]:.2f})")
-            producers_done: set[str] = set()
-            for system in self.systems:
-                jobs = []
-                if "drain" in only:
-                    jobs.append(("drain", lambda s=system: self.drain(s, "drain", None, a.tasks)))
-                if "mtpc1" in only:
-                    jobs.append(("mtpc1", lambda s=system: self.drain(s, "mtpc1", 1, a.mtpc1_tasks)))
-                if "mtpc10" in only:
-                    jobs.append(("mtpc10", lambda s=system: self.drain(s, "mtpc10", 10, a.tasks)))
-                if not system.reference:
-                    jobs += self.service_jobs(system, only, producers_done)
-                for name, job in jobs:
-                    try:
-                        result = job()
-                    except Exception as exc:  # noqa: BLE001 - one broken peer must not end the run
-                        self.log(f"  {name} {system.key}: {type(exc).__name__}: {exc}")
-                        result = {"error": f"{type(exc).__name__}: {exc}"}
-                    if result is not None:
-                        self.results[name][system.key]["runs"].append(result)
+            systems = self.systems if rep % 2 == 0 else self.systems[::-1]
+            for workload in ("drain", "mtpc1", "mtpc10", "enqueue", "startup", "latency"):
+                for system in systems:
+                    for name, job in self.jobs(system, workload, only):
+                        try:
+                            result = job()
+                        except Exception as exc:  # noqa: BLE001 - one broken peer must not end the run
+                            self.log(f"  {name} {system.key}: {type(exc).__name__}: {exc}")
+                            result = {"error": f"{type(exc).__name__}: {exc}"}
+                        if result is not None:
+                            self.results[name][system.key]["runs"].append(result)
             if "render" in only:
                 self.results["render"]["qdeploy"]["runs"].append(self.render())
         self.summarise()
 
-    def service_jobs(self, system, only: list[str], producers_done: set[str]) -> list:
-        jobs = []
-        if "enqueue" in only and system.family not in producers_done:
-            producers_done.add(system.family)
-            jobs.append(("enqueue", lambda: self.enqueue(system)))
-        if "startup" in only:
-            jobs.append(("startup", lambda: self.startup(system)))
-        if "latency" in only or "memory" in only:
-            jobs.append(("latency", lambda: self.latency(system, "memory" in only)))
-        return jobs
+    def jobs(self, system, workload: str, only: list[str]) -> list:
+        a = self.args
+        drains = {"drain": (None, a.tasks), "mtpc1": (1, a.mtpc1_tasks), "mtpc10": (10, a.tasks)}
+        if workload in drains:
+            if workload not in only:
+                return []
+            mtpc, n = drains[workload]
+            return [(workload, lambda: self.drain(system, workload, mtpc, n))]
+        if system.reference:
+            return []  # a reference is measured in the drains only
+        if workload == "enqueue" and "enqueue" in only:
+            first = next(s for s in self.systems if s.family == system.family)
+            if system is not first:
+                return []  # variants of one family share their producer's numbers (measured with the first)
+            return [("enqueue", lambda: self.enqueue(system))]
+        if workload == "startup" and "startup" in only:
+            return [("startup", lambda: self.startup(system))]
+        if workload == "latency" and ("latency" in only or "memory" in only):
+            return [("latency", lambda: self.latency(system, "memory" in only))]
+        return []
 
     def summarise(self) -> None:
         def med(workload, key, field, sub=None):
@@ -293,42 +301,69 @@ def table(results: dict, systems, params: dict) -> str:
 
 
 def targets(results: dict) -> list[tuple[str, str, bool | None]]:
+    """Issue 24's targets, every one a ratio of this run: (target, measured, met or None)."""
     def m(workload, key="qdeploy"):
         return results.get(workload, {}).get(key, {}).get("median")
 
     out = []
-    q, c = m("drain"), m("drain", "celery")
-    out.append(("drain ≥ 5× Celery", f"{q / c:.2f}×" if q and c else "n/a", (q / c >= 5) if q and c else None))
-    # The fork floor (bench/floor.py), measured in the same run: what the recycling targets ask of
-    # a machine. Shown next to qdeploy's value; the targets themselves are judged as written.
-    floors = [(key, m("mtpc1", key), m("mtpc10", key), m("drain", key)) for key in ("floor", "floor+redis")]
-    v = m("mtpc1")
-    at_floor = ", ".join(f"{key} {f1:,.0f}/s" for key, f1, _, _ in floors if f1)
-    out.append(("max-tasks-per-child=1 ≥ 500 tasks/s", (f"{v:,.0f}/s" if v else "n/a") + (f" ({at_floor})" if at_floor else ""),
-                (v >= 500) if v else None))
-    v10 = m("mtpc10")
-    at_floor = ", ".join(f"{key} {100 * f10 / fd:.0f} %" for key, _, f10, fd in floors if f10 and fd)
-    out.append(("max-tasks-per-child=10 ≥ 80 % of no recycling",
-                (f"{100 * v10 / q:.0f} %" if v10 and q else "n/a") + (f" ({at_floor})" if at_floor else ""),
-                (v10 >= 0.8 * q) if v10 and q else None))
-    e, ce = m("enqueue") or {}, m("enqueue", "celery") or {}
-    r = (e.get("one") / ce["one"]) if e.get("one") and ce.get("one") else None
-    out.append(("enqueue one by one ≥ 5× Celery", f"{r:.2f}×" if r else "n/a", (r >= 5) if r else None))
-    b = e.get("batch")
-    out.append(("enqueue batched ≥ 50k/s", f"{b:,.0f}/s" if b else "n/a", (b >= 50000) if b else None))
-    s = m("startup")
-    out.append(("first task ≤ 0.2 s after start", f"{s:.3f} s" if s else "n/a", (s <= 0.2) if s else None))
+    for workload, name in (("drain", "drain, 2 processes"), ("mtpc1", "max-tasks-per-child=1"),
+                           ("mtpc10", "max-tasks-per-child=10")):  # the floor: bench/floor.py without redis-py
+        q, floor, with_redis = m(workload), m(workload, "floor"), m(workload, "floor+redis")
+        extra = f", {q / with_redis:.2f}× floor+redis ({with_redis:,.0f}/s)" if q and with_redis else ""
+        if q and floor:
+            out.append((f"{name} ≥ 0.8× floor", f"{q / floor:.2f}× floor ({q:,.0f}/s vs {floor:,.0f}/s){extra}",
+                        q >= 0.8 * floor))
+        else:
+            out.append((f"{name} ≥ 0.8× floor", "n/a (floor or qdeploy not measured)", None))
+    peers = [k for k in _peer_keys(results) if k not in ("floor", "floor+redis")]
+    for workload, get, name, bound, what in (
+            ("startup", lambda v: v, "worker start → first task ≤ 0.8× the fastest peer", 0.8, "fastest"),
+            ("memory", lambda v: v and v.get("master_rss_mib"), "master RSS, idle ≤ the smallest peer", 1.0, "smallest")):
+        q = get(m(workload))
+        values = {k: get(m(workload, k)) for k in peers}
+        values = {k: v for k, v in values.items() if v}
+        if not q or not values:
+            out.append((name, "n/a (not measured)", None))
+            continue
+        best = min(values, key=values.__getitem__)
+        out.append((name, f"{q / values[best]:.2f}× {best}, the {what} ({fmt_target(q, workload)} vs "
+                          f"{fmt_target(values[best], workload)})", q <= bound * values[best]))
+    for label, workload, get, unit, higher in ROWS:
+        if workload == "startup" or (workload == "memory" and "master" in label):
+            continue  # their own targets above
+        q = get(m(workload))
+        values = {k: get(m(workload, k)) for k in peers}
+        values = {k: v for k, v in values.items() if v}
+        if not q or not values:
+            continue
+        lead = {k: (q / v if higher else v / q) for k, v in values.items()}  # > 1: qdeploy ahead
+        worst = min(lead, key=lead.__getitem__)
+        short = label.split(" (")[0].replace(", {latency_tasks} at {latency_rate:g}/s", "").replace(
+            " {tasks} no-op tasks", "").replace(", {mtpc1_tasks} tasks", "").replace(", {tasks} tasks", "")
+        out.append((f"{short}: ahead of every peer", f"closest {worst}: qdeploy {fmt(q, unit)} vs {fmt(values[worst], unit)} "
+                    f"({lead[worst]:.2f}× ahead)", lead[worst] > 1))
     return out
 
 
+def _peer_keys(results: dict) -> list[str]:
+    keys: list[str] = []
+    for per_system in results.values():
+        keys += [k for k in per_system if k != "qdeploy" and k not in keys]
+    return keys
+
+
+def fmt_target(value: float, workload: str) -> str:
+    return f"{value:.3f} s" if workload == "startup" else f"{value:.1f} MiB"
+
+
 def machine_context(results: dict) -> str | None:
-    """The absolute targets (tasks/s, seconds) scale with the machine: compare this one with the
-    one they were set on (the issue's: Celery drains ≈930/s there and starts in 0.45 s)."""
+    """The run's Celery reference line: what Celery does on this machine in this run, beside what
+    it did on the machine the first (absolute) targets were set on, so absolutes can be read."""
     drain, start = (results.get(w, {}).get("celery", {}).get("median") for w in ("drain", "startup"))
     if not drain or not start:
         return None
-    return ("The absolute targets were set on a 2-core machine where Celery drains ≈930/s and runs its first "
-            f"task 0.45 s after start; in this run it drains {drain:,.0f}/s and starts in {start:.3f} s.")
+    return (f"Celery reference, this run: drains {drain:,.0f}/s and runs its first task {start:.3f} s after start "
+            "(≈930/s and 0.45 s on the 2-core machine of the first targets).")
 
 
 def exactly_once_summary(results: dict) -> list[str]:
@@ -377,7 +412,21 @@ def main(argv=None) -> int:
     ap.add_argument("--latency-rate", type=float, default=50.0)
     ap.add_argument("--no-write", action="store_true", help="do not write results.json / README.md")
     ap.add_argument("--out", default=str(BENCH_DIR / "results.json"))
+    growth.add_arguments(ap)
+    ap.add_argument("--cluster", action="store_true",
+                    help="bench/cluster.py: a 3-shard Redis Cluster next to one server, and this tree next to the "
+                         "previous commit (drain, enqueue), in one run")
     args = ap.parse_args(argv)
+    if args.cluster:
+        import cluster  # bench/cluster.py
+
+        return cluster.main(["--quick"] if args.quick else [])
+    if args.growth:
+        try:
+            growth.check_arguments(args)
+        except ValueError as exc:
+            ap.error(str(exc))
+        return run_growth(args)
     quick = args.quick
     defaults = dict(repeats=1 if quick else 3, tasks=2000 if quick else 20000, mtpc1_tasks=300 if quick else 2000,
                     peer_tasks=1000 if quick else 5000, cap=6.0 if quick else 10.0,
@@ -445,6 +494,28 @@ def main(argv=None) -> int:
         print(f"\nwrote {args.out} and bench/README.md", file=sys.stderr)
     bad = any("NOT exactly once" in line for line in once)
     return 1 if bad else 0
+
+
+def run_growth(args) -> int:
+    compile_bytecode()
+    if any(name.startswith("bench_") for name in sys.modules):  # they read BENCH_REDIS_URL when imported
+        raise SystemExit("run.py --growth: a bench_* module was imported before the private Redis existed")
+    redis = RedisServer("--maxmemory", args.maxmemory, "--maxmemory-policy", "noeviction", "--maxclients", "4000")
+    os.environ["BENCH_REDIS_URL"] = redis.url  # before any peer's module is imported (systems.available)
+    from systems import ALL, _version
+
+    wanted = [s.strip() for s in args.systems.split(",") if s.strip()]
+    systems = [s for s in ALL if not s.reference and (not wanted or s.key in wanted)
+               and (s.key == "qdeploy" or s.available())]
+    if not any(s.key == "qdeploy" for s in systems):
+        systems.insert(0, ALL[0])
+    info = benchlib.machine()
+    info["versions"] = {s.family: _version(s.family) for s in systems}
+    info["versions"]["redis-py"] = _version("redis")
+    print(f"machine: {info['nproc']} cpu(s), {info['cpu']}, Python {info['python']}, "
+          f"load {info['loadavg_start'][0]:.2f}", file=sys.stderr)
+    info["redis"] = redis.version
+    return growth.main(args, systems, info, redis)
 
 
 def update_readme(doc: dict, systems) -> None:

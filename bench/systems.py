@@ -70,6 +70,18 @@ class System:
 
     batch_how = ""
 
+    # -- filling Redis for the growth curves (bench/growth.py) ---------------------------------
+    # Each family's fastest way to put many waiting tasks into Redis with its own producer code,
+    # so the bytes and keys are exactly what the system writes; `eta` (a unix time) schedules
+    # them instead. `waiting` counts what waits (ready + scheduled), to check a fill landed whole.
+    fills_eta = False
+
+    def fill(self, indices, eta: float | None = None) -> None:
+        raise NotImplementedError
+
+    def waiting(self, client) -> int:
+        raise NotImplementedError
+
 
 class Qdeploy(System):
     key = family = "qdeploy"
@@ -91,6 +103,18 @@ class Qdeploy(System):
 
     def enqueue_batch(self, indices):
         self.module().noop.map(indices)
+
+    fills_eta = True
+
+    def fill(self, indices, eta=None):
+        m = self.module()
+        if eta is None:
+            m.noop.map(indices)
+        else:
+            m.app.send_many((m.noop, (i,), {}, {"eta": eta}) for i in indices)
+
+    def waiting(self, client):
+        return int(client.llen("bench:q:default")) + int(client.zcard("bench:eta:default"))
 
 
 class Celery(System):
@@ -116,6 +140,25 @@ class Celery(System):
 
         noop = self.module().noop
         group(noop.s(i) for i in indices).apply_async()
+
+    fills_eta = True
+
+    def fill(self, indices, eta=None):
+        """`apply_async` inside kombu's `Producer.batch()` (kombu >= 5.6: one pipeline per 1000
+        publishes); Celery itself has no batched publish. An older kombu: one by one."""
+        from contextlib import nullcontext
+        from datetime import datetime, timezone
+
+        m = self.module()
+        options = {"eta": datetime.fromtimestamp(eta, timezone.utc)} if eta is not None else {}
+        with m.app.producer_or_acquire() as producer:
+            batch = getattr(producer, "batch", None)
+            with batch(1000) if batch else nullcontext():
+                for i in indices:
+                    m.noop.apply_async((i,), producer=producer, **options)
+
+    def waiting(self, client):
+        return int(client.llen("celery"))
 
 
 class RQ(System):
@@ -158,6 +201,14 @@ class RQ(System):
         for start in range(0, len(indices), chunk):
             q.enqueue_many([Queue.prepare_data(noop, (i,), result_ttl=0) for i in indices[start:start + chunk]])
 
+    def fill(self, indices, eta=None):
+        if eta is not None:
+            raise ValueError("rq: the bench has no ETA fill for it")
+        self.enqueue_batch(indices)
+
+    def waiting(self, client):
+        return int(client.llen("rq:queue:default"))
+
 
 class RQSimple(RQ):
     key = "rq-simple"
@@ -187,6 +238,36 @@ class Dramatiq(System):
 
         noop = self.module().noop
         dramatiq.group(noop.message(i) for i in indices).run()
+
+    def fill(self, indices, eta=None, chunk: int = 1000):
+        """`actor.send` as usual, its broker's dispatch script (Dramatiq's own Lua, one EVALSHA
+        per message) sent in a redis-py pipeline per `chunk` messages: Dramatiq has no batched send."""
+        if eta is not None:
+            raise ValueError("dramatiq: the bench has no ETA fill for it")
+        m = self.module()
+        script, indices = m.broker.scripts["dispatch"], list(indices)
+        try:
+            for start in range(0, len(indices), chunk):
+                pipe = m.broker.client.pipeline(transaction=False)
+                m.broker.scripts["dispatch"] = _Piped(script, pipe)
+                for i in indices[start:start + chunk]:
+                    m.noop.send(i)
+                pipe.execute()
+        finally:
+            m.broker.scripts["dispatch"] = script
+
+    def waiting(self, client):
+        return int(client.llen("dramatiq:default"))
+
+
+class _Piped:
+    """A redis-py Script called on a pipeline instead of the client it was registered on."""
+
+    def __init__(self, script, pipe):
+        self.script, self.pipe = script, pipe
+
+    def __call__(self, keys=(), args=(), client=None):
+        return self.script(keys=keys, args=args, client=self.pipe)
 
 
 class Dramatiq8(Dramatiq):
@@ -229,3 +310,4 @@ class FloorRedis(Floor):
 
 
 ALL = [Qdeploy(), Celery(), RQ(), RQSimple(), Dramatiq(), Dramatiq8(), Floor(), FloorRedis()]
+
