@@ -9,6 +9,7 @@
 --   'p' task_id result|'' error|'' k eb*k     -> the fire ops (JSON) when fired, else false
 --   'sent'                                    -> forget the fire ops
 local ck, rk, ttl, op = KEYS[1], KEYS[2], tonumber(ARGV[1]), ARGV[2]
+-- include: chord_body
 local function chord_ttl()
   if ttl and ttl > 0 then return math.max(ttl, 604800) end
   return 0
@@ -47,21 +48,7 @@ if meta[1] then
   fire[1] = {'r', meta[6], meta[1]}
   for i = 1, tonumber(meta[2] or '0') or 0 do fire[#fire + 1] = unpacked(redis.call('HGET', ck, ' eb' .. i)) end
 else
-  local body = meta[3]
-  if meta[5] ~= '1' then
-    local parts = {}
-    for s = 0, n - 1, 1000 do
-      local fields = {}
-      for i = s, math.min(s + 999, n - 1) do fields[#fields + 1] = tostring(i) end
-      for _, v in ipairs(redis.call('HMGET', rk, unpack(fields))) do parts[#parts + 1] = v or 'null' end
-    end
-    body = meta[3] .. '[' .. table.concat(parts, ',') .. ']' .. meta[4]
-  end
-  local eta = meta[9] or ''
-  if eta == '' and meta[8] and meta[8] ~= '' then
-    local t = redis.call('TIME')
-    eta = string.format('%.6f', tonumber(t[1]) + tonumber(t[2]) / 1000000 + tonumber(meta[8]))
-  end
+  local body, eta = chord_body(rk, n, meta)
   fire[1] = {'m', meta[6], meta[7], eta, body}
 end
 local packed = cjson.encode(fire)

@@ -8,6 +8,7 @@
 --                                               ' bid', ' bq', ' bcd', ' beta', member id -> index
 --   p gid task_id result|'' error|'' k eb*k     a header task's part; eb = "queue\neta\nid\nbody"
 --   u key task_id                               free a unique send's key if this message holds it
+-- include: chord_body
 local function fu_chord_ttl()
   if ttl and ttl > 0 then return math.max(ttl, 604800) end
   return 0
@@ -28,21 +29,7 @@ local function fu_fire(ck, rk, n)
     set_result(k_result(ns, meta[6]), meta[1], ttl)
     for i = 1, tonumber(meta[2] or '0') or 0 do fu_packed(redis.call('HGET', ck, ' eb' .. i)) end
   else
-    local body = meta[3]
-    if meta[5] ~= '1' then
-      local parts = {}
-      for s = 0, n - 1, 1000 do
-        local fields = {}
-        for i = s, math.min(s + 999, n - 1) do fields[#fields + 1] = tostring(i) end
-        for _, v in ipairs(redis.call('HMGET', rk, unpack(fields))) do parts[#parts + 1] = v or 'null' end
-      end
-      body = meta[3] .. '[' .. table.concat(parts, ',') .. ']' .. meta[4]
-    end
-    local eta = meta[9] or ''
-    if eta == '' and meta[8] and meta[8] ~= '' then
-      local t = redis.call('TIME')
-      eta = string.format('%.6f', tonumber(t[1]) + tonumber(t[2]) / 1000000 + tonumber(meta[8]))
-    end
+    local body, eta = chord_body(rk, n, meta)
     fu_publish(meta[6], meta[7], eta, body)
   end
   redis.call('DEL', ck, rk)
