@@ -164,7 +164,8 @@ def daemonized(opts, target: daemon.Identity | None, what: str, *, adopted: daem
     readiness = None
     try:
         if opts.detach and fresh:
-            readiness = daemon.detach(opts.workdir, opts.umask, opts.start_timeout, what)
+            readiness = daemon.detach(opts.workdir, opts.umask, opts.start_timeout, what,
+                                      before_fail=pidfile.release if pidfile else None)
             if pidfile:
                 pidfile.update(os.getpid())
         elif fresh:

@@ -309,11 +309,16 @@ class Readiness:
 
     def __init__(self, fd: int | None = None):
         self.fd = fd
+        self.before_fail = None  # what must be undone before the parent hears (the pid file)
 
     def ok(self) -> None:
         self._say(b"ok\n")
 
     def fail(self, reason: str, code: int = 1) -> None:
+        """Tell the parent why; what it would find half-done (our pid file) is gone first, as
+        the parent exits, and its caller goes on, the moment it reads this."""
+        if self.before_fail is not None:
+            self.before_fail()
         self._say(f"fail {code} {reason}\n".encode())
 
     def _say(self, data: bytes) -> None:
@@ -327,9 +332,10 @@ class Readiness:
         self.fd = None
 
 
-def detach(workdir: str, umask: int, timeout: float, what: str = "service") -> Readiness:
+def detach(workdir: str, umask: int, timeout: float, what: str = "service", before_fail=None) -> Readiness:
     """Double-fork into the background. Returns in the daemon; the original process waits for
-    the daemon's word on the pipe and exits 0 (ready) or 1 (with the reason on stderr)."""
+    the daemon's word on the pipe and exits 0 (ready) or 1 (with the reason on stderr).
+    `before_fail`: what the daemon undoes before it reports a failure (Readiness.fail)."""
     read_end, write_end = os.pipe()
     if os.fork() > 0:
         os.close(write_end)
@@ -341,6 +347,7 @@ def detach(workdir: str, umask: int, timeout: float, what: str = "service") -> R
     if os.fork() > 0:
         os._exit(0)
     readiness = Readiness(write_end)
+    readiness.before_fail = before_fail
     os.umask(umask)
     try:
         os.chdir(workdir)  # checked before detaching (BootPaths.enter); this is for a race

@@ -136,3 +136,30 @@ def test_a_crash_after_detaching_reaches_the_waiting_parent(tmp_path, monkeypatc
         said = b""
     os.close(read_end)
     assert said == b"fail 1 RuntimeError: boom \x1b[2J\n"
+
+
+def test_a_failing_daemon_removes_its_pid_file_before_the_parent_hears(tmp_path):
+    """The waiting `--detach` parent exits the moment it reads the failure, and its caller
+    looks for the pid file at once: the file must be gone by then (a race seen under load)."""
+    import os
+
+    from qdeploy.service.daemon import Pidfile, Readiness
+
+    pidfile = Pidfile(tmp_path / "w.pid")
+    pidfile.acquire()
+    read, write = os.pipe2(os.O_NONBLOCK)
+    seen = []
+
+    def release():
+        try:
+            seen.append(os.read(read, 100))
+        except BlockingIOError:
+            seen.append(b"")
+        pidfile.release()
+
+    readiness = Readiness(write)
+    readiness.before_fail = release
+    readiness.fail("cannot reach broker", 3)
+    assert seen == [b""], "released before the parent was told"
+    assert not (tmp_path / "w.pid").exists()
+    assert os.read(read, 100) == b"fail 3 cannot reach broker\n"
