@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import importlib
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -421,10 +421,9 @@ class App:
         """Build (without sending) the envelope `apply_async` would send."""
         return producer.build(self, task, args, kwargs, **options)
 
-    def send_many(self, calls: Iterable[tuple]) -> list[AsyncResult]:
-        """Enqueue many tasks in pipelined round trips: items are (task_or_name, args, kwargs)
-        or (task_or_name, args, kwargs, options)."""
-        return producer.send_many(self, calls)
+    # Enqueue many tasks in pipelined round trips: items are (task_or_name, args, kwargs) or
+    # (task_or_name, args, kwargs, options). The function itself (every `delay` goes through it).
+    send_many = producer.send_many
 
     def send_task(self, name: str, args=None, kwargs=None, **options) -> AsyncResult:
         """Send by name; the task need not be registered in this process."""

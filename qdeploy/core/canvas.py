@@ -176,7 +176,7 @@ class Signature(dict):
 
     def apply_async(self, args=(), kwargs=None, **options):
         app = self.app
-        if getattr(app.conf, "task_always_eager", False):
+        if app.conf.fast("task_always_eager", False):
             return self.apply(args, kwargs, **options)
         from qdeploy.core.workflow import send
 

@@ -61,6 +61,11 @@ class Conf:
             return spec.default
         raise AttributeError(f"app.conf has no setting {name!r}")
 
+    def fast(self, key: str, default: Any) -> Any:
+        """The value of `key`, a setting's new (canonical) name, without the translation of old
+        and namespaced names: for what every send reads. `default` is the setting's own."""
+        return self._values.get(key, default)
+
     def __getitem__(self, name: str) -> Any:
         try:
             return getattr(self, name)

@@ -17,12 +17,13 @@ from typing import TYPE_CHECKING, Any
 
 from qdeploy.core import message, signals
 from qdeploy.core.connection import BROKER_DOWN
+from qdeploy.core.results import AsyncResult
 from qdeploy.core.task import Task, check_serializer
 from qdeploy.core.task import _current as _running
+from qdeploy.core.unique import unique_key
 
 if TYPE_CHECKING:
     from qdeploy.core.app import App
-    from qdeploy.core.results import AsyncResult
     from qdeploy.core.workflow import ChordInit
 
 # Every option apply_async takes (and a signature may carry). The internal ones (chain, chord,
@@ -36,6 +37,7 @@ OPTIONS = frozenset({
 IGNORED = {"priority": "queues are FIFO: send urgent tasks to their own queue",
            "shadow": "the log line shows the task's name"}
 # The header names Celery's protocol 2 gives `before_task_publish` receivers.
+_NO_OPTIONS: dict = {}  # a call without options (never written to)
 HEADER_NAMES = frozenset({"lang", "task", "id", "eta", "expires", "group", "group_index", "retries",
                           "timelimit", "root_id", "parent_id", "origin", "ignore_result"})
 
@@ -170,7 +172,7 @@ def celery_headers(env: message.Envelope) -> dict:
 
 
 def encode(app: App, env: message.Envelope, protocol: int | None = None) -> str:
-    protocol = protocol or getattr(app.conf, "task_protocol", 2)
+    protocol = protocol or app.conf.fast("task_protocol", 2)
     if protocol == 1:  # workers of the previous release still run: write v1 or refuse
         env.parent_id = env.root_id = None
     return message.encode(env, version=protocol)
@@ -180,38 +182,42 @@ def send_many(app: App, calls: Iterable[tuple], chords: list[ChordInit] | None =
     """Enqueue many tasks in pipelined round trips: items are (task_or_name, args, kwargs)
     or (task_or_name, args, kwargs, options). A unique send (`unique_for=`) is published on its
     own, in one script that first looks for a live duplicate."""
-    from qdeploy.core.results import AsyncResult
-    from qdeploy.core.unique import unique_key
-
     retry, policy, items, out, envs = True, None, [], [], []
     publishing = signals.before_task_publish.has_receivers
-    protocol = getattr(app.conf, "task_protocol", 2)
+    # the envelopes are kept for after_task_publish only: 20k of them alive until the end would
+    # make the garbage collector's young-generation passes ~10 % of a batched send's cost
+    published = signals.after_task_publish.has_receivers
+    protocol = app.conf.fast("task_protocol", 2)
     for call in calls:
         task, args, kwargs, *rest = call
-        options = dict(rest[0]) if rest else {}
-        retry, policy = options.pop("retry", True), options.pop("retry_policy", None)
-        unique_for = options.pop("unique_for", None)
+        if rest:
+            options = dict(rest[0])
+            retry, policy = options.pop("retry", True), options.pop("retry_policy", None)
+            unique_for = options.pop("unique_for", None)
+        else:  # Task.map, chunks...: nothing to copy or look up
+            options, retry, policy, unique_for = _NO_OPTIONS, True, None, None
         if unique_for is None and isinstance(task, Task):
             unique_for = task.unique_for
         if unique_for is not None:
-            options["unique"] = unique_key(app, task, args, kwargs, unique_for)
-        env = build(app, task, args, kwargs, **options)
+            options = {**options, "unique": unique_key(app, task, args, kwargs, unique_for)}
+        env = build(app, task, args, kwargs, **options) if options else build(app, task, args, kwargs)
         if publishing:
             before_publish(env, policy)
         body = message.encode(env) if protocol != 1 else encode(app, env, 1)
         if env.unique is not None:
             first = app.transport.publish_unique(env.id, env.queue, env.eta, body, env.unique, unique_for)
             out.append(AsyncResult(first or env.id, app))
-            if first is None:
+            if first is None and published:
                 envs.append(env)
             continue
         items.append((env.id, env.queue, env.eta, body))
-        envs.append(env)
+        if published:
+            envs.append(env)
         out.append(AsyncResult(env.id, app))
-    prelude = [command for chord in chords or () for command in chord.commands(app)]
+    prelude = [command for chord in chords for command in chord.commands(app)] if chords else ()
     if items or prelude:
         publish(app, items, prelude, retry, policy or {})
-    if signals.after_task_publish.has_receivers:  # a chord's body too: it is in Redis now, waiting
+    if published:  # a chord's body too: it is in Redis now, waiting
         for env in [*envs, *(chord.body for chord in chords or ())]:
             signals.after_task_publish.send(sender=env.task, body=(env.args, env.kwargs, _embed(env)),
                                             exchange="", routing_key=env.queue, headers=celery_headers(env))
@@ -234,7 +240,7 @@ def before_publish(env: message.Envelope, policy) -> None:
         env.headers = extra
 
 
-def publish(app: App, items: list, prelude: list, retry: bool, policy: dict) -> None:
+def publish(app: App, items: list, prelude: list | tuple, retry: bool, policy: dict) -> None:
     """Publish with Celery's retry policy (max_retries, interval_start/step/max) on a broker
     connection error."""
     attempts = int(policy.get("max_retries", 3)) if retry else 0

@@ -287,9 +287,9 @@ class Task:
 
     def apply_async(self, args=None, kwargs=None, **options) -> AsyncResult:
         app = self._app()
-        if getattr(app.conf, "task_always_eager", False):
+        if app.conf.fast("task_always_eager", False):
             return self.apply(args, kwargs, **options)
-        return app.send_many([(self, args or (), kwargs or {}, options)])[0]
+        return app.send_many([(self, args or (), kwargs or {}, options) if options else (self, args or (), kwargs or {})])[0]
 
     def apply(self, args=None, kwargs=None, **options):
         """Run here and now (eager), as a worker would; returns an EagerResult."""
