@@ -109,7 +109,8 @@ class QueueGuard:
 class Consumer:
     def __init__(self, app: App, queues: list[str], consumer_id: str, *, owner: str | None = None,
                  on_task_start: Callable | None = None, on_task_done: Callable | None = None,
-                 on_task_revoked: Callable | None = None, poll_interval: float = 0.1, heartbeat: bool | None = None,
+                 on_task_revoked: Callable | None = None, on_idle: Callable[[], None] | None = None,
+                 poll_interval: float = 0.1, heartbeat: bool | None = None,
                  broker: Broker | None = None, default_limits: tuple = (None, None),
                  fresh: bool = False):
         if not queues:
@@ -119,6 +120,7 @@ class Consumer:
         self.owner = owner or consumer_id
         self.on_task_start, self.on_task_done = on_task_start, on_task_done
         self.on_task_revoked = on_task_revoked  # a message revoked or expired before it ran
+        self.on_idle = on_idle or _nothing  # called before the loop waits (for Redis, a message, a retry)
         self.poll_interval = poll_interval
         self.broker = broker or app.connect_broker(retries=0)
         self.results = app.results_for(self.broker)
@@ -207,6 +209,7 @@ class Consumer:
         self._refused_delay = min(self._refused_delay * 2, MAX_BACKOFF)
 
     def _sleep(self, seconds: float, should_stop: Callable[[], bool]) -> None:
+        self.on_idle()
         deadline = time.monotonic() + seconds
         while not should_stop() and (left := deadline - time.monotonic()) > 0:
             time.sleep(min(left, 0.1))
@@ -227,6 +230,7 @@ class Consumer:
         reserve that id (delivery count, revoked mark, RECEIVED). A new message thus starts
         within a round trip or two; the timeout keeps lower-priority queues and due ETA
         messages served at most `poll_interval` late, as polling did."""
+        self.on_idle()
         claimed = self.broker.wait(self.id, queue, self.poll_interval)
         if claimed is None:
             return None
@@ -247,6 +251,7 @@ class Consumer:
         self._dirty = False
 
     def _wait_for_redis(self, exc: Exception, should_stop: Callable[[], bool]) -> None:
+        self.on_idle()
         log.error("lost connection to Redis (%s); reconnecting", exc)
         self._until_up(self.broker.ping, should_stop)
         log.info("connection to Redis restored")
@@ -482,6 +487,10 @@ class Consumer:
         if hard:
             self._limits = (None, None)
             raise TimeLimitExceeded(f"time limit ({hard}s) exceeded")
+
+
+def _nothing() -> None:
+    pass
 
 
 def _continues(env: message.Envelope) -> bool:

@@ -160,10 +160,33 @@ class ChildLink:
         self.started = 0  # tasks started, all threads together
         self.running: dict[int, tuple[float, str]] = {}  # thread id -> (soft deadline, task id)
         self.lock = threading.Lock()
+        # A task's `D` line waits for the child's next line (the next task's `S`, normally) and
+        # goes in the same write: one wake-up of the master per task instead of two. It waits
+        # at most until the consumer has nothing to run (`flush`, before it blocks on Redis) and
+        # only in a single-threaded child for a task without a hard time limit: the master,
+        # which enforces that limit, hears of the end at once.
+        self.held = b""
+        self._hold = False  # may the running task's D line wait?
 
     def send(self, line: str) -> None:
+        data = (line.replace("\n", " ") + "\n").encode()
+        if self.held:
+            if len(self.held) + len(data) <= select.PIPE_BUF:
+                data = self.held + data  # one write, atomic as each line's is
+            else:
+                self._write(self.held)
+            self.held = b""
+        self._write(data)
+
+    def flush(self) -> None:
+        """Write a held `D` line now: the consumer is about to wait (or the child to exit)."""
+        if self.held:
+            held, self.held = self.held, b""
+            self._write(held)
+
+    def _write(self, data: bytes) -> None:
         try:
-            os.write(self.events, (line.replace("\n", " ") + "\n").encode())  # atomic: < PIPE_BUF
+            os.write(self.events, data)  # atomic: < PIPE_BUF
         except OSError:
             pass  # the master is gone: PDEATHSIG will follow
 
@@ -195,7 +218,9 @@ class ChildLink:
             if env is not None:
                 queue = env.queue
                 wait = max(0.0, started - max(env.created or started, env.eta or 0.0))
-            line = f"S {task_id} {limits.get('hard') or self.hard or 0} {cid} {queue} {wait:.6f} {name}"
+            hard = limits.get('hard') or self.hard or 0
+            self._hold = not hard and self.opts.threads == 1
+            line = f"S {task_id} {hard} {cid} {queue} {wait:.6f} {name}"
             if self.history and env is not None:
                 line += history_tail(env, self.all_args, MAX_LINE - len(line))
                 if self.failure_args:
@@ -219,7 +244,12 @@ class ChildLink:
             detail = ""
             if error is not None and outcome != "succeeded":
                 detail = f" {type(error).__name__}: {results.exc_text(error)}"[:300]
-            self.send(f"D {task_id} {outcome} {max(0.0, runtime):.6f}{detail}")
+            line = f"D {task_id} {outcome} {max(0.0, runtime):.6f}{detail}"
+            if self._hold:
+                self.flush()  # (an A line's, or a D line never followed by its S: not this one)
+                self.held = (line.replace("\n", " ") + "\n").encode()
+            else:
+                self.send(line)
             if self.opts.threads == 1:
                 set_title(f"qdeploy worker {self.opts.node} child {self.slot}: idle")
             limit = self.opts.max_memory_per_child
@@ -229,7 +259,8 @@ class ChildLink:
         def on_task_revoked(task_id: str, name: str, queue: str, reason: str) -> None:
             self.send(f"V {task_id} {queue} {reason} {name}")
 
-        return {"on_task_start": on_task_start, "on_task_done": on_task_done, "on_task_revoked": on_task_revoked}
+        return {"on_task_start": on_task_start, "on_task_done": on_task_done, "on_task_revoked": on_task_revoked,
+                "on_idle": self.flush}
 
     def enforce_soft_limits(self) -> None:
         """Raise SoftTimeLimitExceeded in threads past their soft deadline (SIGALRM only reaches
@@ -274,6 +305,7 @@ def child_main(app, opts: WorkerOptions, slot: int, cids: list[str], events: int
         log.exception("child %s crashed: %s", cids[0], exc)
         code = 1
     finally:
+        link.flush()
         process_shutdown(code)  # issue 19: worker_process_shutdown, before every exit (recycling too)
         tracing.flush()  # spans still in a batch processor: a recycled child loses none (os._exit skips atexit)
         for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):

@@ -110,3 +110,59 @@ def test_notifier_never_blocks_on_a_full_socket(tmp_path):
         raise AssertionError("the socket's queue never filled")
     assert sent > 0 and time.monotonic() - began < SEND_TIMEOUT + 1, "a full queue costs one timeout, then gives up"
     listener.close()
+
+
+def _events_link(cli: dict):
+    import os
+
+    read, write = os.pipe2(os.O_NONBLOCK)
+    opts = options.resolve(config.load(cli=cli, environ={}), None)
+    link = ChildLink(write, -1, opts, 1)
+    hooks = link.hooks("n@h#1")
+
+    def pending() -> list[str]:
+        try:
+            return os.read(read, 65536).decode().splitlines()
+        except BlockingIOError:
+            return []
+    return link, hooks, pending
+
+
+def test_a_tasks_end_goes_with_the_next_start_or_before_the_child_waits(isolated):
+    """One write (one wake-up of the master) per task: the D line waits for the next S, or for
+    the consumer's `on_idle` (before it blocks on Redis), or for the child's last line."""
+    link, hooks, pending = _events_link({"history_max": "0"})
+    hooks["on_task_start"]("a", "t.x", 1.0, {})
+    assert [line.split()[:2] for line in pending()] == [["S", "a"]]
+    hooks["on_task_done"]("a", "t.x", "SUCCESS", 0.5)
+    assert pending() == [], "held until the next line"
+    hooks["on_task_start"]("b", "t.x", 2.0, {})
+    got = pending()
+    assert [line.split()[:2] for line in got] == [["D", "a"], ["S", "b"]], "one read: one write of both"
+    hooks["on_task_done"]("b", "t.x", "FAILURE", 0.1, ValueError("no"))
+    assert pending() == []
+    hooks["on_idle"]()
+    assert [line.split()[:3] for line in pending()] == [["D", "b", "failed"]]
+    hooks["on_idle"]()
+    assert pending() == [], "written once"
+    hooks["on_task_start"]("c", "t.x", 3.0, {})
+    hooks["on_task_done"]("c", "t.x", "SUCCESS", 0.1)
+    pending()
+    link.send("R stopped")  # the child's last line carries it
+    assert [line.split()[:2] for line in pending()] == [["D", "c"], ["R", "stopped"]]
+
+
+def test_a_task_with_a_hard_time_limit_reports_its_end_at_once(isolated):
+    """The master enforces the hard limit: it must not see a finished task as still running."""
+    link, hooks, pending = _events_link({"history_max": "0"})
+    hooks["on_task_start"]("a", "t.x", 1.0, {"hard": 5.0})
+    hooks["on_task_done"]("a", "t.x", "SUCCESS", 0.5)
+    assert [line.split()[:2] for line in pending()] == [["S", "a"], ["D", "a"]]
+    link, hooks, pending = _events_link({"history_max": "0", "worker.time_limit": "30"})
+    hooks["on_task_start"]("a", "t.x", 1.0, {})
+    hooks["on_task_done"]("a", "t.x", "SUCCESS", 0.5)
+    assert [line.split()[:2] for line in pending()] == [["S", "a"], ["D", "a"]]
+    link, hooks, pending = _events_link({"history_max": "0", "worker.threads": "2"})
+    hooks["on_task_start"]("a", "t.x", 1.0, {})
+    hooks["on_task_done"]("a", "t.x", "SUCCESS", 0.5)
+    assert [line.split()[:2] for line in pending()] == [["S", "a"], ["D", "a"]], "threads: each line at once"
