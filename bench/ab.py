@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import benchlib
+import breakdown
 from benchlib import BENCH_DIR, REPO, Records, RedisServer, Worker, drain_rate, median, verify
 
 CACHE = Path(os.environ.get("QDEPLOY_BENCH_CACHE", "/var/cache/qdeploy-bench"))
@@ -104,7 +105,11 @@ class Side:
                 "-c", "2", "--allow-root", "-l", "warning"]
         worker = Worker(argv, self.env(records), logs / f"{self.name}.log")
         try:
-            finished = records.wait_for(n, 120)
+            # the steady state, from the first task on (start-up excluded): master, children, Redis
+            started = records.wait_for(1, 60, poll=0.002)
+            first, counted = breakdown.snapshot(worker.pid, self.redis), records.count()
+            finished = started and records.wait_for(n, 120, poll=0.01)
+            last = breakdown.snapshot(worker.pid, self.redis)
         finally:
             worker.stop()
         worker_cpu, redis_cpu = _children_cpu() - before, self.redis.cpu_seconds() - redis_before
@@ -112,7 +117,9 @@ class Side:
         records.cleanup()
         if not finished:
             raise SystemExit(f"ab: {self.name}: the drain did not finish in 120 s\n{worker.tail()}")
-        return {"rate": drain_rate(runs), "cpu": worker_cpu / n, "redis_cpu": redis_cpu / n, **verify(runs, n)}
+        steady = {key: (last[key] - first[key]) / (n - counted) for key in ("master_cpu", "child_cpu", "redis_cpu")}
+        return {"rate": drain_rate(runs), "cpu": worker_cpu / n, "redis_cpu": redis_cpu / n,
+                "steady": steady, **verify(runs, n)}
 
     def enqueue(self, n_one: int, n_batch: int) -> dict:
         self.redis.flush()
@@ -138,6 +145,8 @@ def main(argv=None) -> int:
     sides = [Side("base", build_base(args.base), redis), Side("head", head, redis)]
     rows = (("drain", "drain -c 2", "/s"), ("one", "enqueue one", "/s"), ("batch", "enqueue batch", "/s"),
             ("cpu", "worker CPU/task", "us"), ("redis_cpu", "redis CPU/task", "us"),
+            ("master_cpu", " master, steady", "us"), ("child_cpu", " children, steady", "us"),
+            ("steady_redis", " redis, steady", "us"),
             ("one_cpu", "CPU/enqueue one", "us"), ("batch_cpu", "CPU/enq. batch", "us"))
     got: dict[str, dict[str, list[float]]] = {s.name: {key: [] for key, _, _ in rows} for s in sides}
     try:
@@ -149,7 +158,9 @@ def main(argv=None) -> int:
                 enq = side.enqueue(args.enqueue_one, args.enqueue_batch)
                 values = {"drain": drained["rate"], "cpu": drained["cpu"] * 1e6, "redis_cpu": drained["redis_cpu"] * 1e6,
                           "one": enq["one"], "batch": enq["batch"], "one_cpu": enq["one_cpu"] * 1e6,
-                          "batch_cpu": enq["batch_cpu"] * 1e6}
+                          "batch_cpu": enq["batch_cpu"] * 1e6, "master_cpu": drained["steady"]["master_cpu"] * 1e6,
+                          "child_cpu": drained["steady"]["child_cpu"] * 1e6,
+                          "steady_redis": drained["steady"]["redis_cpu"] * 1e6}
                 for key, value in values.items():
                     got[side.name][key].append(value)
                 print(f"  {repeat + 1}/{args.repeats} {side.name}: drain {drained['rate']:7.0f}/s "
