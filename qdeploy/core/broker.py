@@ -249,8 +249,9 @@ class Broker:
         return {text(c): text(o) for c, o in self.client.hgetall(self.keys.consumers).items()}
 
     # -- liveness ----------------------------------------------------------------------------
-    def heartbeat(self, owner: str, ttl: float, info: dict | None = None) -> None:
-        """Vouch for every consumer registered under `owner` for the next `ttl` seconds."""
+    def heartbeat(self, owner: str, ttl: float, info: dict | None = None, queues: list[str] | None = None) -> None:
+        """Vouch for every consumer registered under `owner` for the next `ttl` seconds. (`queues`,
+        those the owner's consumers use, matter on Redis Cluster only: ClusterBroker.heartbeat.)"""
         value = json.dumps(dict(info or {}, time=time.time()))
         self.client.set(self.keys.heartbeat(owner), value, px=max(1, int(ttl * 1000)))
 

@@ -26,10 +26,12 @@ knowing. docs/protocol.md, "Redis Cluster", is the contract; in short:
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
 import uuid
+from collections.abc import Callable
 
 from qdeploy.core.broker import Broker, Reserved, lua
 from qdeploy.core.connection import BROKER_DOWN, ClusterDown, RedisError, ping_cluster, text
@@ -94,6 +96,7 @@ class ClusterBroker(Broker):
         self._empty: dict[tuple[str, str], float] = {}  # (cid, queue) -> found empty, until (monotonic)
         self._delivered: dict[str, bytes] = {}  # queue -> an outbox entry delivered, cleared by the next call
         self.stale_after = 30.0  # outbox entries older than this are delivered by a sweep
+        self._vouched: dict[str, list[str]] = {}  # owner -> the queues its last heartbeat was copied into
 
     @staticmethod
     def _keys(namespace: str) -> ClusterKeys:
@@ -341,12 +344,18 @@ class ClusterBroker(Broker):
             del self._held[raw]
         return moved
 
-    def _requeue_in(self, queue: str, cid: str, unregister: bool, owner: str = "") -> int:
+    def _requeue_in(self, queue: str, cid: str | bytes, unregister: bool, owner: bytes = b"") -> int:
+        """Requeue what `cid` holds in `queue`; with `owner` (a dead node's recovery) only while the
+        registry names that owner and its heartbeat copy in this slot is gone (checked in the script).
+        A cid and owner read from a registry are its raw bytes: the keys are built from them
+        behind the queue's hash tag, and the script compares them byte for byte."""
         qk = self.keys.of(queue)
-        reply = self.fast.evalsha(self._c_requeue, 5, qk.inflight(cid), qk.msg, qk.dlv, qk.queue, qk.consumers,
-                                  cid, "1" if unregister else "0", owner)
+        raw = cid if isinstance(cid, bytes) else cid.encode()
+        reply = self.fast.evalsha(self._c_requeue, 6, qk.inflight("").encode() + raw, qk.msg, qk.dlv, qk.queue,
+                                  qk.consumers, qk.heartbeat("").encode() + owner, raw, "1" if unregister else "0",
+                                  owner)
         for orphan in reply[1:]:
-            self._orphan(qk, orphan, cid)
+            self._orphan(qk, orphan, text(raw))
         return int(reply[0])
 
     def _orphan(self, qk: QueueKeys, raw: bytes, cid: str) -> None:
@@ -368,12 +377,53 @@ class ClusterBroker(Broker):
             out.update({text(c): text(o) for c, o in self.client.hgetall(self.keys.of(queue).consumers).items()})
         return out
 
-    def heartbeat(self, owner: str, ttl: float, info: dict | None = None) -> None:
-        """As Broker.heartbeat. A heartbeat that fails (its key's primary died) asks the cluster
-        for its slot table again and is sent once more at once: after a failover the next beat
-        must not wait another period on a stale table, or the node's heartbeat could expire."""
+    def heartbeat(self, owner: str, ttl: float, info: dict | None = None, queues: list[str] | None = None) -> None:
+        """As Broker.heartbeat, and a copy of it (`{ns:q}:hb:<owner>`, same TTL) in the slot of
+        every queue the owner's consumers use (`queues`, else those this process's consumers
+        reserved from). `ns:hb:<owner>` lives in a slot of its own, usually on another shard than
+        the queues: when that shard fails over, the promoted replica may hold an older copy of it
+        (asynchronous replication lost the latest refreshes) that expires before the owner, which
+        could not write during the failover, beats again. A sweep that trusted that one key found a
+        live node dead and requeued the tasks it was running in queues on other, healthy shards:
+        they ran twice. The sweep (recover_dead) takes an owner for dead only when no copy is left.
+
+        Each key is written on its own, so a shard that is down does not keep the others from being
+        refreshed; the keys that failed (their primary died) are sent again once, at once, on a
+        fresh slot table (the next beat must not wait another period on a stale one), and the
+        first error left is raised after every key was tried."""
         self.stale_after = max(1.0, float(ttl))
-        self._again(lambda: Broker.heartbeat(self, owner, ttl, info))
+        if queues is None:
+            queues = sorted({q for used in list(self._cid_queues.values()) for q in list(used)})  # another thread adds
+        vouched = sorted({q for q in queues if isinstance(q, str) and q})
+        self._vouched[owner] = vouched
+        px = max(1, int(ttl * 1000))
+        writes: list[Callable[[], object]] = [functools.partial(Broker.heartbeat, self, owner, ttl, info)]
+        writes += [functools.partial(self.client.set, self.keys.of(q).heartbeat(owner), b"1", px=px) for q in vouched]
+        failed = self._each(writes)
+        if failed:
+            try:
+                ping_cluster(self.client)
+            except (*BROKER_DOWN, RedisError):
+                pass
+            if failed := self._each([write for write, _ in failed]):
+                raise failed[0][1]
+
+    @staticmethod
+    def _each(writes: list[Callable[[], object]]) -> list[tuple[Callable[[], object], RedisError]]:
+        """Call each write; (write, error) for those that raised a Redis error."""
+        failed = []
+        for write in writes:
+            try:
+                write()
+            except RedisError as exc:
+                failed.append((write, exc))
+        return failed
+
+    def stop_heartbeat(self, owner: str) -> None:
+        """Delete the heartbeat and its copies (each on its own; the first error is raised)."""
+        keys = [self.keys.heartbeat(owner), *(self.keys.of(q).heartbeat(owner) for q in self._vouched.pop(owner, []))]
+        if failed := self._each([functools.partial(self.client.delete, key) for key in keys]):
+            raise failed[0][1]
 
     def _again(self, write):
         """An idempotent write, tried once more on a fresh slot table after a connection error
@@ -389,28 +439,41 @@ class ClusterBroker(Broker):
 
     def recover_dead(self) -> dict[str, int]:
         """As Broker.recover_dead, per queue: the registry of each queue read, every owner's
-        heartbeat looked up, then one script per dead consumer and queue (which checks the
-        registry still names that owner). Then every queue's outbox entries older than
-        `stale_after` (their deliverer died) are delivered."""
+        heartbeat looked up, and for an owner whose `ns:hb:<owner>` is gone, its copies in the
+        slots of the queues it is registered in (one left means it lives: see `heartbeat`); then
+        one script per dead consumer and queue (which checks, atomically, that the registry still
+        names that owner and that its copy in that slot is gone). Then every queue's outbox
+        entries older than `stale_after` (their deliverer died) are delivered.
+
+        Owners and consumer ids are the registries' raw bytes: a key is built from them behind
+        the queue's own hash tag (so it stays in that slot whatever they hold), and the script
+        compares them byte for byte."""
         queues = self.known_queues()
         if not queues:
             return {}
         pipe = self.client.pipeline(transaction=False)
         for queue in queues:
             pipe.hgetall(self.keys.of(queue).consumers)
-        registries = pipe.execute()
-        owners = sorted({text(o) for reg in registries for o in reg.values()})
-        alive = set()
+        registries = [reg if isinstance(reg, dict) else {} for reg in pipe.execute()]
+        owners = sorted({o for reg in registries for o in reg.values() if isinstance(o, bytes)})
+        alive: set[bytes] = set()
         if owners:
             pipe = self.client.pipeline(transaction=False)
             for owner in owners:
-                pipe.exists(self.keys.heartbeat(owner))
+                pipe.exists(self.keys.heartbeat("").encode() + owner)
             alive = {owner for owner, there in zip(owners, pipe.execute(), strict=True) if there}
+        suspects = sorted({(queue, owner) for queue, reg in zip(queues, registries, strict=True)
+                           for owner in reg.values() if isinstance(owner, bytes) and owner not in alive})
+        if suspects:
+            pipe = self.client.pipeline(transaction=False)
+            for queue, owner in suspects:
+                pipe.exists(self.keys.of(queue).heartbeat("").encode() + owner)
+            alive |= {owner for (_, owner), there in zip(suspects, pipe.execute(), strict=True) if there}
         out: dict[str, int] = {}
         for queue, registry in zip(queues, registries, strict=True):
             for cid, owner in registry.items():
-                if text(owner) not in alive:
-                    moved = self._requeue_in(queue, text(cid), True, text(owner))
+                if isinstance(owner, bytes) and isinstance(cid, bytes) and owner not in alive:
+                    moved = self._requeue_in(queue, cid, True, owner)
                     out[text(cid)] = out.get(text(cid), 0) + moved
         for queue in queues:
             self.sweep_outbox(queue)

@@ -31,10 +31,11 @@ generated from the same templates, so the Python and the Lua side cannot drift a
 
 On Redis Cluster (`redis+cluster://`) the same protocol runs over `ClusterKeys(namespace)`: what
 a queue's scripts touch carries the hash tag `{ns:<queue>}` (one slot per queue: `{ns:q}:q`,
-`{ns:q}:msg`, `{ns:q}:inflight:<cid>`...), a chord's two hashes `{ns:chord:<gid>}`, beat's keys
-`{ns:beat}`; keys only ever touched one at a time (results, heartbeats, leases, control, groups)
-keep their single-server names. A single server keeps the names above, unchanged: a rolling
-upgrade never renames a key. docs/protocol.md, "Redis Cluster", has the whole layout.
+`{ns:q}:msg`, `{ns:q}:inflight:<cid>`, `{ns:q}:hb:<owner>` a copy of a heartbeat...), a chord's
+two hashes `{ns:chord:<gid>}`, beat's keys `{ns:beat}`; keys only ever touched one at a time
+(results, heartbeats, leases, control, groups) keep their single-server names. A single server
+keeps the names above, unchanged: a rolling upgrade never renames a key. docs/protocol.md,
+"Redis Cluster", has the whole layout.
 """
 
 from __future__ import annotations
@@ -173,7 +174,7 @@ class QueueKeys:
     live in one slot and each verb on the queue stays one atomic script."""
 
     __slots__ = ("name", "queue", "eta", "msg", "dlv", "consumers", "dead", "revoked", "rate", "rate_slots",
-                 "unique", "unique_expiry", "outbox", "outbox_due", "once", "_inflight")
+                 "unique", "unique_expiry", "outbox", "outbox_due", "once", "_inflight", "_vouch")
 
     def __init__(self, name: str, prefix: str, shared: dict[str, str] | None = None):
         per = lambda kind: f"{prefix}{kind}"  # noqa: E731
@@ -187,9 +188,15 @@ class QueueKeys:
         self.unique, self.unique_expiry = per("uniq"), per("uniqx")
         self.outbox, self.outbox_due, self.once = per("out"), per("outq"), per("once")
         self._inflight = shared.get("inflight", per("inflight:"))
+        self._vouch = per("hb:")
 
     def inflight(self, cid: str) -> str:
         return self._inflight + cid
+
+    def heartbeat(self, owner: str) -> str:
+        """Redis Cluster: the copy of `owner`'s heartbeat kept in this queue's slot (written with
+        `ns:hb:<owner>` by ClusterBroker.heartbeat; one server has no use for it)."""
+        return self._vouch + owner
 
 
 class ClusterKeys(Keys):

@@ -4,6 +4,8 @@ One `Heartbeat` per owner (a solo consumer, or a node's master) refreshes `ns:hb
 `ttl / 3` seconds from a daemon thread, so a long task on a live node is never stolen. Every
 `ttl / 2` seconds (jittered) it also runs `broker.recover_dead()`, which requeues the in-flight
 messages of consumers whose owner's heartbeat has expired: the visibility timeout *is* the TTL.
+On Redis Cluster the heartbeat is also copied into the slot of each queue the owner's consumers
+use, and an owner is dead only when every copy is gone (ClusterBroker.heartbeat says why).
 """
 
 from __future__ import annotations

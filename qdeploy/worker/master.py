@@ -610,7 +610,7 @@ class Master:
             if moved := self.requeue(cid):
                 log.warning("requeued %d task(s) of %s (after the broker came back)", moved, cid)
         try:
-            self.broker.heartbeat(self.opts.owner, self.app.visibility_timeout, info)
+            self.broker.heartbeat(self.opts.owner, self.app.visibility_timeout, info, queues=list(self.opts.queues))
             signals.heartbeat_sent.send(sender=self)
             if self.lease is not None and not self.lease.renew() and not self.stopping:
                 self.handle_term()  # another master has this node's name now: leave it to them

@@ -15,6 +15,7 @@ Used by tests/integration/test_cluster_failover.py and test_sentinel_failover.py
 
 from __future__ import annotations
 
+import re
 import signal
 import threading
 import time
@@ -30,6 +31,8 @@ from tests.integration.conftest import RedisServer
 from tests.integration.workers import Master
 
 REPLICATION_WINDOW = 2.0  # seconds before the kill within which a publish may be lost by async replication
+DEAD_LINE = re.compile(r"^\[(?P<at>[^\]]*?) \S+ (?P<sweeper>\d+)\] consumer (?P<cid>\S+) is dead \(no heartbeat[^)]*\)"
+                       r".*?requeued (?P<moved>\d+)")
 
 
 @dataclass
@@ -44,6 +47,10 @@ class Account:
     failover_seconds: float = 0.0
     waits: int = 0  # WAIT commands the surviving primaries ran (wait_replicas=)
     problems: list[str] = field(default_factory=list)
+    # "consumer X is dead" verdicts on a consumer of a master that never died (every master lives
+    # through the run): a dead-node sweep that took a live node's heartbeat for expired
+    false_deaths: list[str] = field(default_factory=list)
+    details: list[str] = field(default_factory=list)  # what explains (or fails to) each unexplained duplicate
 
     def summary(self) -> str:
         lines = [f"failover run: {self.sent} sent, {self.completed} completed ({self.after_failover} sent after the "
@@ -52,6 +59,8 @@ class Account:
         lines += [f"  lost w{n}: {why}" for n, why in sorted(self.lost.items())]
         if self.duplicated:
             lines.append("  duplicates explained: " + ", ".join(f"{k} {v}" for k, v in self.explained.most_common()))
+        lines += [f"  FALSE DEATH: {d}" for d in self.false_deaths]
+        lines += [f"  {d}" for d in self.details]
         lines += [f"  PROBLEM: {p}" for p in self.problems]
         return "\n".join(lines)
 
@@ -129,6 +138,7 @@ class FailoverRun:
             producer.join(30)
             self.settle()
             self.tally(promoted_at)
+            self.sweeps([m.pid for m in self.masters])
             for master in self.masters:
                 if master.proc.poll() is not None:
                     self.account.problems.append(f"master {master.pid} exited with {master.proc.returncode}")
@@ -208,4 +218,40 @@ class FailoverRun:
                     why = "sent twice by a producer retry after a lost reply"
                 else:
                     why = "UNEXPLAINED"
+                    account.details.append(f"UNEXPLAINED duplicate w{n} (queue {queue}, published at kill"
+                                           f"{self.published.get(n, (self.killed_at, ''))[0] - self.killed_at:+.2f}s), "
+                                           f"runs (pid:deliveries:queue) {runs}")
+                    account.details += [f"    {line}" for line in self.log_lines(rf"\[w{n}\]|\bw{n}\b")]
                 account.explained[why] += 1
+
+    def log_lines(self, pattern: str) -> list[str]:
+        """The worker log lines matching `pattern`, each prefixed with its log file's name."""
+        found, regex = [], re.compile(pattern)
+        for i in range(len(self.masters)):
+            path = self.tmp / f"worker{i}.log"
+            if path.exists():
+                found += [f"worker{i}: {line}" for line in path.read_text(errors="replace").splitlines()
+                          if regex.search(line)]
+        return found
+
+    def sweeps(self, live: list[int]) -> None:
+        """Every master lives through the run, so a dead-node sweep that finds one of their
+        consumers dead took a live node's heartbeat for expired (and requeued what it was running:
+        duplicates on any queue, the killed shard's or not). Each such verdict is listed."""
+        for line in self.log_lines(r"is dead \(no heartbeat"):
+            match = DEAD_LINE.search(line.partition(": ")[2])
+            if match is None:
+                continue
+            pid = match["cid"].rpartition("/")[2].partition(".")[0]
+            if pid.isdigit() and int(pid) in live:
+                self.account.false_deaths.append(
+                    f"{match['at']} sweeper pid {match['sweeper']} found consumer {match['cid']} of live master "
+                    f"{pid} dead (kill{self._at(match['at']):+.2f}s): requeued {match['moved']} task(s)")
+
+    def _at(self, stamp: str) -> float:
+        """A log line's time, relative to the kill (the log's local time)."""
+        try:
+            return time.mktime(time.strptime(stamp[:19], "%Y-%m-%d %H:%M:%S")) + float("0" + stamp[19:23]) \
+                - self.killed_at
+        except ValueError:
+            return float("nan")

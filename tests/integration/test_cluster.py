@@ -289,6 +289,106 @@ def test_a_dead_nodes_tasks_are_recovered_by_any_live_node(cluster, capp, namesp
     drain(capp, [a, b], 2)
 
 
+def owner_on_another_shard(cluster, broker, queue: str, stem: str) -> str:
+    """An owner name whose `ns:hb:<owner>` is served by another primary than `queue`'s slot."""
+    for i in range(200):
+        owner = f"{stem}{i}@host"
+        if cluster.port_of_key(broker.keys.heartbeat(owner)) != cluster.port_of_key(broker.keys.of(queue).queue):
+            return owner
+    raise AssertionError("no owner name on another shard")
+
+
+def test_a_live_nodes_tasks_stay_when_its_heartbeat_key_alone_is_lost_with_a_failover(cluster, capp, namespace):
+    """`ns:hb:<owner>` lives in a slot of its own, on another shard than the queues. When that shard
+    fails over, the promoted replica may hold an older copy of the key (asynchronous replication
+    lost its latest refreshes, and nobody could write it during the failover) that expires before
+    the owner beats again. A sweep that trusted that one key found the live node dead and requeued
+    what it was running on the healthy shards: it ran twice (issue #23's unexplained duplicate in
+    tests/integration/test_cluster_failover.py). The key's loss is made here by deleting it: the
+    copy of the heartbeat in the queue's own slot still vouches for the node."""
+    queue = on_shards(cluster, namespace, 1)[0]
+    capp.send_task("c.running", queue=queue)
+    node = capp.connect_broker(retries=0)
+    owner = owner_on_another_shard(cluster, node, queue, "live")
+    cid = f"{owner}/1.1"
+    held = node.reserve(cid, owner, [queue])  # a child runs it
+    assert held is not None
+    node.heartbeat(owner, 30, {"pid": 1}, queues=[queue])  # the master's beat
+    qk = node.keys.of(queue)
+    client = node.client
+    assert 0 < client.pttl(qk.heartbeat(owner)) <= 30_000, "a copy in the queue's slot, with the heartbeat's TTL"
+    assert key_slot(qk.heartbeat(owner).encode()) == key_slot(qk.queue.encode())
+    client.delete(node.keys.heartbeat(owner))  # what the sweeper sees once the stale copy expired
+    sweeper = capp.connect_broker()
+    assert sweeper.recover_dead() == {}, "a live node's running task was requeued"
+    assert fleet.inflight(sweeper, cid) == [held.id]
+    assert client.hget(qk.consumers, cid) == owner.encode(), "and its consumer stays registered"
+    # the owner beat between the sweep's look-up and its script: the script checks the copy itself
+    assert sweeper._requeue_in(queue, cid, True, owner.encode()) == 0
+    assert fleet.inflight(sweeper, cid) == [held.id]
+    # once every heartbeat of the node is gone (it died: the copies expire with the TTL), it is recovered
+    client.delete(qk.heartbeat(owner))
+    assert sweeper.recover_dead() == {cid: 1}
+    assert fleet.inflight(sweeper, cid) == [] and client.hget(qk.consumers, cid) is None
+    drain(capp, [queue], 1)
+
+
+def test_a_heartbeat_and_its_copies_are_each_written_and_deleted_on_their_own(cluster, capp, namespace, monkeypatch):
+    """A shard that is down (mid-failover) does not keep the other keys from being refreshed: each
+    is written on its own, the failed ones once more on a fresh slot table, the error raised after."""
+    a, b = on_shards(cluster, namespace, 2)
+    broker = capp.connect_broker()
+    owner = owner_on_another_shard(cluster, broker, a, "beat")
+    down = broker.keys.heartbeat(owner)
+    real_set, tries = broker.client.set, []
+
+    def flaky_set(key, *args, **kwargs):
+        if key == down:
+            tries.append(key)
+            raise connection.BROKER_DOWN[0]("Error 111 connecting: Connection refused.")
+        return real_set(key, *args, **kwargs)
+
+    monkeypatch.setattr(broker.client, "set", flaky_set)
+    with pytest.raises(connection.BROKER_DOWN[0]):
+        broker.heartbeat(owner, 30, queues=[a, b])
+    assert len(tries) == 2, "the key that failed was sent again once"
+    monkeypatch.undo()
+    client = broker.client
+    assert client.exists(broker.keys.of(a).heartbeat(owner), broker.keys.of(b).heartbeat(owner)) == 2
+    broker.heartbeat(owner, 30, queues=[a, b])
+    assert client.exists(down) == 1
+    broker.stop_heartbeat(owner)
+    assert client.exists(down, broker.keys.of(a).heartbeat(owner), broker.keys.of(b).heartbeat(owner)) == 0
+    # a consumer's own heartbeat (-P solo) copies into the queues it reserved from
+    capp.send_task("c.x", queue=b)
+    solo = capp.connect_broker(retries=0)
+    assert solo.reserve("solo@host", "solo@host", [b]) is not None
+    solo.heartbeat("solo@host", 30)
+    assert client.exists(solo.keys.of(b).heartbeat("solo@host")) == 1
+    assert client.exists(solo.keys.of(a).heartbeat("solo@host")) == 0
+    solo.stop_heartbeat("solo@host")
+    solo.requeue_consumer("solo@host")
+    drain(capp, [b], 1)
+
+
+def test_recovery_takes_a_registrys_bytes_as_they_are(cluster, capp, namespace):
+    """Hostile registry entries: a consumer id and owner that are not UTF-8 and hold braces. The
+    keys built from them stay in the queue's slot (its hash tag comes first), the script compares
+    the raw bytes, so the dead consumer's message is recovered (it was logged as dead and left in
+    flight, every sweep, when they were decoded with replacement characters)."""
+    queue = on_shards(cluster, namespace, 1)[0]
+    capp.send_task("c.x", queue=queue, task_id="hostile-1")
+    broker = capp.connect_broker()
+    qk, client = broker.keys.of(queue), broker.client
+    cid, owner = b"ev}{il\xff/1.1", b"ev}{il\xfe@host"
+    assert client.rpoplpush(qk.queue, qk.inflight("").encode() + cid) == b"hostile-1"
+    client.hset(qk.consumers, cid, owner)
+    recovered = broker.recover_dead()
+    assert list(recovered.values()) == [1], recovered
+    assert client.lrange(qk.queue, 0, -1) == [b"hostile-1"] and client.hget(qk.consumers, cid) is None
+    drain(capp, [queue], 1)
+
+
 def test_a_master_acks_the_task_it_killed_in_the_right_queue(cluster, capp, namespace):
     queue = on_shards(cluster, namespace, 1)[0]
     capp.send_task("c.whatever", queue=queue)

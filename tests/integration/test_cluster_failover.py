@@ -79,6 +79,7 @@ def run(tmp_path, namespace, query: str, capsys, restart: bool = False, lag: flo
         print("\n" + "\n".join(lines) + "\n" + account.summary())
     assert len(topology.killed) == 1, "exactly one primary was killed"
     assert account.problems == [], account.problems
+    assert account.false_deaths == [], "a live master's consumers were found dead (no master dies here)"
     assert account.sent > 200 and account.after_failover > 50, "producer and workers went on after the failover"
     assert not [why for why in account.lost.values() if why.startswith("UNEXPLAINED")], account.lost
     assert "UNEXPLAINED" not in account.explained, account.duplicated

@@ -87,7 +87,8 @@ def test_every_key_of_a_queue_is_in_the_queues_slot_and_queues_differ():
     for queue in ("default", "a.b:c-d", "q" * 100):
         qk = keys.of(queue)
         names = [qk.queue, qk.eta, qk.msg, qk.dlv, qk.consumers, qk.dead, qk.revoked, qk.rate, qk.rate_slots,
-                 qk.unique, qk.unique_expiry, qk.outbox, qk.outbox_due, qk.once, qk.inflight("node@h#1")]
+                 qk.unique, qk.unique_expiry, qk.outbox, qk.outbox_due, qk.once, qk.inflight("node@h#1"),
+                 qk.heartbeat("node@h"), qk.heartbeat("}{evil")]
         assert len({slot_of(n) for n in names}) == 1, names
         assert all(n.startswith(f"{{ns:{queue}}}:") for n in names)
     assert len({slot_of(keys.of(f"q{i}").queue) for i in range(50)}) > 40, "queues spread over slots"
