@@ -295,14 +295,26 @@ def pack(args) -> bytes:
     """One command in the Redis protocol (RESP): what redis-py's `Connection.pack_command` does,
     for the argument types the hot paths send (bytes, str, int, float), at a fraction of its cost."""
     out = [b"*%d\r\n" % len(args)]
+    add = out.append
     for arg in args:
-        if isinstance(arg, str):
+        kind = type(arg)  # the exact types first: every reserve packs ~20 of them
+        if kind is str:
+            arg = arg.encode()
+        elif kind is bytes:
+            pass
+        elif kind is int or kind is float:
+            arg = repr(arg).encode()
+        elif isinstance(arg, str):
             arg = arg.encode()
         elif isinstance(arg, (int, float)) and not isinstance(arg, bool):
             arg = repr(arg).encode()
-        elif not isinstance(arg, (bytes, bytearray, memoryview)):
+        elif isinstance(arg, (bytearray, memoryview)):
+            arg = bytes(arg)
+        else:
             raise TypeError(f"cannot send {type(arg).__name__} to Redis")
-        out.append(b"$%d\r\n%b\r\n" % (len(arg), arg))
+        add(b"$%d\r\n" % len(arg))
+        add(arg)
+        add(b"\r\n")
     return b"".join(out)
 
 

@@ -2,13 +2,24 @@
 the clients built from them) are in tests/unit/test_broker_url.py; real servers in
 tests/integration/test_urls.py."""
 
+import enum
+
 import pytest
+
+
+class _Name(str, enum.Enum):
+    A = "the-value"
+
+
+class _Count(int):
+    pass
 
 
 @pytest.mark.parametrize("args", [
     ("PING",),
     ("EVALSHA", "abc", 2, b"k1", "k\u00e9y", b"", 0, -7, 0.25, 1e-05, b"\x00\r\n\xff"),
     ("BLMOVE", "q", "i", "RIGHT", "LEFT", 0.1),
+    ("SET", _Name.A, _Count(7), bytearray(b"ab"), memoryview(b"cd")),  # subclasses and buffers too
 ])
 def test_pack_is_what_redis_py_sends(args):
     """The hot paths pack their own commands; the bytes must be exactly redis-py's."""
