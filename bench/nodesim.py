@@ -42,7 +42,7 @@ import sys
 import time
 from types import SimpleNamespace
 
-from qdeploy.core.broker import Broker
+from qdeploy.core.broker import SWEEP_EVERY, Broker
 from qdeploy.core.connection import pack
 from qdeploy.ops.control import ControlServer
 from qdeploy.worker.lease import NodeLease
@@ -187,7 +187,7 @@ class Node:
         self.lease.renew()
         stats["beats"] += 1
         if sweep:
-            self.broker.recover_dead()
+            self.broker.recover_dead(SWEEP_EVERY)  # as Master.beat
             stats["sweeps"] += 1
 
 

@@ -20,6 +20,7 @@ from qdeploy.core.connection import BrokerURL, Client, connect, hot_path, is_clu
 from qdeploy.core.keys import LUA, Keys
 
 _INCLUDE = "-- include: "
+SWEEP_EVERY = 1.0  # seconds between two dead-node sweeps of the masters, fleet-wide (recover_dead)
 
 
 @cache
@@ -258,7 +259,10 @@ class Broker:
     def stop_heartbeat(self, owner: str) -> None:
         self.client.delete(self.keys.heartbeat(owner))
 
-    def recover_dead(self) -> dict[str, int]:
-        """Requeue the in-flight messages of every consumer whose owner's heartbeat expired."""
-        reply = self._recover(keys=[self.keys.consumers, self.keys.msg], args=[self.ns])
+    def recover_dead(self, every: float = 0.0) -> dict[str, int]:
+        """Requeue the in-flight messages of every consumer whose owner's heartbeat expired.
+        `every` (seconds): only if nobody swept within that time (the masters' periodic sweeps,
+        SWEEP_EVERY: one per period fleet-wide); 0 sweeps now."""
+        reply = self._recover(keys=[self.keys.consumers, self.keys.msg, self.keys.sweep],
+                              args=[self.ns, max(0, int(every * 1000))])
         return {reply[i].decode(): int(reply[i + 1]) for i in range(0, len(reply), 2)}

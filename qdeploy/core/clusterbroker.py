@@ -437,7 +437,7 @@ class ClusterBroker(Broker):
                 pass
             return write()
 
-    def recover_dead(self) -> dict[str, int]:
+    def recover_dead(self, every: float = 0.0) -> dict[str, int]:
         """As Broker.recover_dead, per queue: the registry of each queue read, every owner's
         heartbeat looked up, and for an owner whose `ns:hb:<owner>` is gone, its copies in the
         slots of the queues it is registered in (one left means it lives: see `heartbeat`); then
@@ -448,6 +448,8 @@ class ClusterBroker(Broker):
         Owners and consumer ids are the registries' raw bytes: a key is built from them behind
         the queue's own hash tag (so it stays in that slot whatever they hold), and the script
         compares them byte for byte."""
+        if every > 0 and not self.client.set(self.keys.sweep, b"1", nx=True, px=max(1, int(every * 1000))):
+            return {}  # swept within `every` by another master (Broker.recover_dead)
         queues = self.known_queues()
         if not queues:
             return {}

@@ -63,6 +63,7 @@ TEMPLATES: dict[str, str] = {
     "control_request": "ctl:req:{}",
     "control_reply": "ctl:reply:{}",
     "events": "ev",
+    "sweep": "sweep",
     "beat_lock": "beat:lock",
     "beat_last": "beat:last",
     "beat_runs": "beat:runs",
@@ -96,7 +97,7 @@ class Keys:
     """Key names of one namespace. Fixed keys are attributes (`keys.msg`); keys with a variable
     part are methods (`keys.queue("default")`); `keys.prefix("queue")` is for SCAN patterns."""
 
-    __slots__ = ("ns", "msg", "dlv", "consumers", "dead", "control", "beat_lock", "beat_last",
+    __slots__ = ("ns", "msg", "dlv", "consumers", "dead", "control", "sweep", "beat_lock", "beat_last",
                  "beat_runs", "beat_entries", "beat_disabled", "beat_rev", "rate", "rate_slots")
 
     def __init__(self, namespace: str):
@@ -106,7 +107,7 @@ class Keys:
         fixed = {name: f"{namespace}:{t}" for name, t in TEMPLATES.items() if "{}" not in t}
         self.ns = namespace
         self.msg, self.dlv, self.consumers, self.dead = fixed["msg"], fixed["dlv"], fixed["consumers"], fixed["dead"]
-        self.control = fixed["control"]
+        self.control, self.sweep = fixed["control"], fixed["sweep"]
         self.beat_lock, self.beat_last, self.beat_runs = fixed["beat_lock"], fixed["beat_last"], fixed["beat_runs"]
         self.beat_entries, self.beat_disabled = fixed["beat_entries"], fixed["beat_disabled"]
         self.beat_rev = fixed["beat_rev"]

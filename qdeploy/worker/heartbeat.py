@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from qdeploy.core.broker import Broker
+from qdeploy.core.broker import SWEEP_EVERY, Broker
 from qdeploy.core.connection import BROKER_DOWN, RedisError
 
 log = logging.getLogger("qdeploy.worker")
@@ -52,7 +52,7 @@ class Heartbeat:
         self._thread.start()
 
     def recover(self) -> dict[str, int]:
-        recovered = self.broker.recover_dead()
+        recovered = self.broker.recover_dead(SWEEP_EVERY)
         for cid, moved in recovered.items():
             log.warning("consumer %s is dead (no heartbeat for %.1fs): requeued %d message(s)",
                         cid, self.ttl, moved)

@@ -26,6 +26,7 @@ from collections import deque
 from typing import Any
 
 from qdeploy.core import results, signals
+from qdeploy.core.broker import SWEEP_EVERY
 from qdeploy.core.connection import RedisError
 from qdeploy.defaults import EX_UNAVAILABLE
 from qdeploy.ops import health, httpd, metrics
@@ -615,7 +616,7 @@ class Master:
             if self.lease is not None and not self.lease.renew() and not self.stopping:
                 self.handle_term()  # another master has this node's name now: leave it to them
             if not self.stopping:
-                for cid, moved in self.broker.recover_dead().items():
+                for cid, moved in self.broker.recover_dead(SWEEP_EVERY).items():
                     log.warning("consumer %s is dead (no heartbeat): requeued %d task(s)", cid, moved)
         except _REDIS_DOWN as exc:
             if not self.beat_failing_since or now >= self._next_beat_complaint:

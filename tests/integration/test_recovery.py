@@ -108,3 +108,25 @@ def test_restarted_consumer_reclaims_its_own_leftovers(redis_server, rclient, na
     assert second.proc.wait(15) == 0
     assert res.get(timeout=1) == 2
     assert "requeued 1 message(s) left in-flight by a previous same@test" in second.output()
+
+
+def test_the_fleet_sweeps_for_dead_nodes_once_per_period(redis_server, rclient, namespace):
+    """Every master tries a sweep at each beat; with `every`, one sweep per period runs fleet-wide
+    (a sweep per beat per master made n nodes cost O(n^2)); a direct call sweeps at once."""
+    import time
+
+    from qdeploy.core.broker import Broker
+
+    brokers = [Broker(redis_server.url, namespace) for _ in range(3)]
+    rclient.hset(f"{namespace}:consumers", "gone@test/1", "gone@test")  # no heartbeat: dead
+    rclient.lpush(f"{namespace}:inflight:gone@test/1", "abc")
+    rclient.hset(f"{namespace}:msg", "abc", '{"queue": "default"}')
+    swept = [b.recover_dead(every=0.5) for b in brokers]
+    assert swept == [{"gone@test/1": 1}, {}, {}], "only the first within the period sweeps"
+    rclient.hset(f"{namespace}:consumers", "gone@test/2", "gone@test")
+    assert brokers[1].recover_dead(every=0.5) == {}, "still within the period"
+    assert brokers[2].recover_dead() == {"gone@test/2": 0}, "every=0 (a direct call) sweeps now"
+    rclient.hset(f"{namespace}:consumers", "gone@test/3", "gone@test")
+    time.sleep(0.6)
+    assert brokers[1].recover_dead(every=0.5) == {"gone@test/3": 0}, "the next period's first try sweeps"
+    assert rclient.lrange(f"{namespace}:q:default", 0, -1) == [b"abc"]
