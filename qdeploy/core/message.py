@@ -204,8 +204,8 @@ _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=F
 def encode(env: Envelope, version: int | None = None) -> str:
     """Compact JSON; raises TypeError naming the field when a value is not JSON. A message that
     needs nothing of v2 is written as v1 (fields at their default left out, as every v1 reader
-    allows), so a worker of the previous release still runs it during a rolling upgrade; `version=1` refuses a
-    message that needs v2 (`app.conf.task_protocol = 1`)."""
+    allows), so a worker of the previous release still runs it during a rolling upgrade;
+    `version=1` refuses a message that needs v2 (`app.conf.task_protocol = 1`)."""
     v2 = bool(env.ext)
     if v2 and version == 1:
         raise ValueError(f"task {env.task!r}: this message needs envelope v2 ({', '.join(_v2_fields(env))}), "

@@ -36,8 +36,8 @@ OPTIONS = frozenset({
 })
 IGNORED = {"priority": "queues are FIFO: send urgent tasks to their own queue",
            "shadow": "the log line shows the task's name"}
-# The header names Celery's protocol 2 gives `before_task_publish` receivers.
 _NO_OPTIONS: dict = {}  # a call without options (never written to)
+# The header names Celery's protocol 2 gives `before_task_publish` receivers.
 HEADER_NAMES = frozenset({"lang", "task", "id", "eta", "expires", "group", "group_index", "retries",
                           "timelimit", "root_id", "parent_id", "origin", "ignore_result"})
 

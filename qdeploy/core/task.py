@@ -289,7 +289,8 @@ class Task:
         app = self._app()
         if app.conf.fast("task_always_eager", False):
             return self.apply(args, kwargs, **options)
-        return app.send_many([(self, args or (), kwargs or {}, options) if options else (self, args or (), kwargs or {})])[0]
+        call = (self, args or (), kwargs or {})
+        return app.send_many([(*call, options) if options else call])[0]
 
     def apply(self, args=None, kwargs=None, **options):
         """Run here and now (eager), as a worker would; returns an EagerResult."""

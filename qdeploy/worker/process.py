@@ -246,7 +246,7 @@ class ChildLink:
                 detail = f" {type(error).__name__}: {results.exc_text(error)}"[:300]
             line = f"D {task_id} {outcome} {max(0.0, runtime):.6f}{detail}"
             if self._hold:
-                self.flush()  # (an A line's, or a D line never followed by its S: not this one)
+                self.flush()  # never drop a held line (the S in between always wrote it)
                 self.held = (line.replace("\n", " ") + "\n").encode()
             else:
                 self.send(line)
