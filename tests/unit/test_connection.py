@@ -20,6 +20,7 @@ class _Count(int):
     ("EVALSHA", "abc", 2, b"k1", "k\u00e9y", b"", 0, -7, 0.25, 1e-05, b"\x00\r\n\xff"),
     ("BLMOVE", "q", "i", "RIGHT", "LEFT", 0.1),
     ("SET", _Name.A, _Count(7), bytearray(b"ab"), memoryview(b"cd")),  # subclasses and buffers too
+    ("HSET", "h", "caf\u00e9", b"\xff", "x" * 300, 12345678901234567890, -0.0, "", "\r\n", "\u2028"),  # runs of each
 ])
 def test_pack_is_what_redis_py_sends(args):
     """The hot paths pack their own commands; the bytes must be exactly redis-py's."""
