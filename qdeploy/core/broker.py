@@ -17,7 +17,7 @@ from functools import cache
 from importlib import resources
 
 from qdeploy.core.connection import BrokerURL, Client, connect, hot_path, is_cluster, text
-from qdeploy.core.keys import LUA, Keys
+from qdeploy.core.keys import LUA_KEYS, Keys, lua_helpers
 
 _INCLUDE = "-- include: "
 SWEEP_EVERY = 1.0  # seconds between two dead-node sweeps of the masters, fleet-wide (recover_dead)
@@ -26,12 +26,20 @@ SWEEP_EVERY = 1.0  # seconds between two dead-node sweeps of the masters, fleet-
 @cache
 def lua(name: str) -> str:
     """The source of script `name` (`qdeploy/core/lua/<name>.lua`), with its `-- include: X`
-    lines replaced by X's source and the key helpers of `qdeploy.core.keys.LUA` in front."""
+    lines replaced by X's source and, in front, the key helpers (`qdeploy.core.keys.lua_helpers`)
+    it calls: only those, since Redis runs the whole chunk, helper definitions included, on
+    every EVALSHA (a reserve defined 15 where it calls 6)."""
+    body = _expanded(name)
+    return lua_helpers(tuple(key for key in LUA_KEYS if f"k_{key}(" in body)) + body
+
+
+@cache
+def _expanded(name: str) -> str:
     lines = []
     for line in resources.files("qdeploy.core").joinpath("lua", f"{name}.lua").read_text().splitlines():
         head, _, included = line.partition(_INCLUDE)
-        lines.append(lua(included.strip()).removeprefix(LUA) if included and not head.strip() else line)
-    return LUA + "\n".join(lines) + "\n"
+        lines.append(_expanded(included.strip()).rstrip("\n") if included and not head.strip() else line)
+    return "\n".join(lines) + "\n"
 
 
 def result_ttl_of(value) -> int:

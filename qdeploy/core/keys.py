@@ -2,8 +2,9 @@
 
 `Keys(namespace)` is what every module uses (broker, results, fleet, beat store, control,
 dashboard); nothing else spells a key. Lua scripts that derive a key at run time (the queue of
-a message being requeued, the result of the id being acked) get their helpers from `LUA`,
-generated from the same templates, so the Python and the Lua side cannot drift apart.
+a message being requeued, the result of the id being acked) get their helpers from
+`lua_helpers` (those a script calls), generated from the same templates, so the Python and the
+Lua side cannot drift apart.
 
     ns:msg                hash    id -> envelope JSON (the only copy of a message body)
     ns:q:<queue>          list    ids ready to run (LPUSH in, taken from the right)
@@ -90,8 +91,6 @@ def lua_helpers(names: tuple[str, ...] = LUA_KEYS) -> str:
             lines.append(f"local function k_{name}(ns) return ns .. ':{head}' end")
     return "\n".join(lines) + "\n"
 
-
-LUA = lua_helpers()
 
 class Keys:
     """Key names of one namespace. Fixed keys are attributes (`keys.msg`); keys with a variable

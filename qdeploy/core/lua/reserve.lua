@@ -11,14 +11,15 @@
 -- or a stale copy's ack changes nothing, so a step is never enqueued twice.
 -- include: set_result
 local ns, ttl = ARGV[1], tonumber(ARGV[4])
--- include: followups
+local removed = 1
 if ARGV[2] ~= '' then
-  local removed = redis.call('LREM', KEYS[1], 1, ARGV[2])
+  removed = redis.call('LREM', KEYS[1], 1, ARGV[2])
   redis.call('HDEL', KEYS[2], ARGV[2])
   redis.call('HDEL', KEYS[3], ARGV[2])
   if ARGV[3] ~= '' then set_result(k_result(ns, ARGV[2]), ARGV[3], ttl) end
-  if removed > 0 and ARGV[12] then followups(12) end
-elseif ARGV[12] then
+end
+if ARGV[12] and removed > 0 then  -- included here: defined only on the calls that use it
+  -- include: followups
   followups(12)
 end
 if ARGV[10] == '1' then
@@ -42,29 +43,32 @@ if ARGV[11] and ARGV[11] ~= '' then
   rates = {}
   for name, interval in string.gmatch(ARGV[11], '([^\n]+)\n([^\n]+)') do rates[name] = tonumber(interval) end
 end
-local function deferred(id, env, i)
-  local task = env['task']
-  local interval = rates[task]
-  if not interval then return false end
-  local buckets, slots = k_rate(ns), k_rate_slots(ns)
-  local free = tonumber(redis.call('HGET', buckets, task) or '0') or 0
-  local held = redis.call('HGET', slots, id)
-  if now >= free then
-    redis.call('HSET', buckets, task, string.format('%.6f', now + interval))
-    if held then redis.call('HDEL', slots, id) end
-    return false
+local deferred = nil  -- only with limits: Redis runs the whole chunk, definitions too, on each call
+if rates then
+  deferred = function(id, env, i)
+    local task = env['task']
+    local interval = rates[task]
+    if not interval then return false end
+    local buckets, slots = k_rate(ns), k_rate_slots(ns)
+    local free = tonumber(redis.call('HGET', buckets, task) or '0') or 0
+    local held = redis.call('HGET', slots, id)
+    if now >= free then
+      redis.call('HSET', buckets, task, string.format('%.6f', now + interval))
+      if held then redis.call('HDEL', slots, id) end
+      return false
+    end
+    local slot = free
+    if not held then
+      local tail = tonumber(redis.call('HGET', buckets, task .. ' tail') or '0') or 0
+      if tail + interval > slot then slot = tail + interval end
+      redis.call('HSET', buckets, task .. ' tail', string.format('%.6f', slot))
+    end
+    slot = string.format('%.6f', slot)
+    redis.call('HSET', slots, id, slot)
+    redis.call('LREM', KEYS[1], 1, id)
+    redis.call('ZADD', KEYS[3 + n + i], slot, id)
+    return true
   end
-  local slot = free
-  if not held then
-    local tail = tonumber(redis.call('HGET', buckets, task .. ' tail') or '0') or 0
-    if tail + interval > slot then slot = tail + interval end
-    redis.call('HSET', buckets, task .. ' tail', string.format('%.6f', slot))
-  end
-  slot = string.format('%.6f', slot)
-  redis.call('HSET', slots, id, slot)
-  redis.call('LREM', KEYS[1], 1, id)
-  redis.call('ZADD', KEYS[3 + n + i], slot, id)
-  return true
 end
 local function hit(id, i)
   local body = redis.call('HGET', KEYS[2], id)
