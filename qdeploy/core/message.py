@@ -210,8 +210,10 @@ def encode(env: Envelope, version: int | None = None) -> str:
     if v2 and version == 1:
         raise ValueError(f"task {env.task!r}: this message needs envelope v2 ({', '.join(_v2_fields(env))}), "
                          "but app.conf.task_protocol is 1 (set while workers of the previous release run)")
-    data: dict[str, object] = {"v": 2 if v2 else 1, "id": env.id, "task": env.task, "args": env.args,
-                               "kwargs": env.kwargs, "queue": env.queue}
+    data: dict[str, object] = {"v": 2 if v2 else 1, "id": env.id, "task": env.task}
+    if env.ignore_result:  # right after the name: the reserve script reads both there (reserve.lua)
+        data["ignore_result"] = True
+    data["args"], data["kwargs"], data["queue"] = env.args, env.kwargs, env.queue
     # The optional fields only when they differ from the default a reader assumes (every release
     # reads them so): a plain task's message is ~60 bytes shorter, cheaper to write, store and read.
     if env.eta is not None:
@@ -224,8 +226,6 @@ def encode(env: Envelope, version: int | None = None) -> str:
         data["max_retries"] = env.max_retries
     if env.limits:
         data["limits"] = env.limits
-    if env.ignore_result:
-        data["ignore_result"] = True
     data["created"], data["origin"] = env.created, env.origin
     if v2:
         data.update(_v2_fields(env))

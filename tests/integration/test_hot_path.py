@@ -206,3 +206,48 @@ def test_delay_polls_for_a_prompt_reply_and_stops_when_replies_are_slow(app):
     broker.fast._spin_backoff = 0
     broker.fast._await_reply(SimpleNamespace())  # a redis-py without `_sock`: no polling, no error
     assert (broker.fast._spin_misses, broker.fast._spin_backoff) == (0, 0)
+
+
+def _received(app, rclient, namespace, body: bytes | str, task_id: str):
+    """Store `body` under `task_id`, reserve it (results tracked) and return its RECEIVED record."""
+    import json
+
+    rclient.hset(f"{namespace}:msg", task_id, body)
+    rclient.lpush(f"{namespace}:q:default", task_id)
+    got = app.transport.reserve("c9", "node", ["default"], track=True)
+    assert got is not None and got.id == task_id
+    raw = rclient.get(app.transport.keys.result(task_id))
+    return json.loads(raw) if raw else None
+
+
+@pytest.mark.parametrize("case", ["ignored", "tracked", "older producer, ignored", "older producer, tracked",
+                                  "the key in the arguments", "escaped id", "not JSON"])
+def test_the_received_record_reads_the_task_name_and_ignore_result_right_whatever_the_body(
+        app, rclient, namespace, case):
+    """The reserve script reads a body's first fields when they are in qdeploy's order and decodes
+    any other body in full: whichever way, RECEIVED is written exactly for tracked tasks, with the
+    right name (reserve.lua's `head`)."""
+    import json
+
+    from qdeploy.core import message
+
+    def ours(**options):
+        return message.encode(message.build("t.name", [1], {"k": 2}, queue="default", task_id="id-1", **options))
+
+    older = {"v": 1, "id": "id-1", "task": "t.name", "args": [1], "kwargs": {}, "queue": "default", "eta": None,
+             "expires": None, "retries": 0, "max_retries": None, "limits": {}, "created": 1.0, "origin": "h:1"}
+    body, task_id, expect = {
+        "ignored": (ours(ignore_result=True), "id-1", None),
+        "tracked": (ours(), "id-1", "t.name"),
+        "older producer, ignored": (json.dumps({**older, "ignore_result": True}, separators=(",", ":")), "id-1", None),
+        "older producer, tracked": (json.dumps({**older, "ignore_result": False}), "id-1", "t.name"),
+        "the key in the arguments": (message.encode(message.build("t.name", [], {"ignore_result": True},
+                                                                  queue="default", task_id="id-1")), "id-1", "t.name"),
+        "escaped id": (message.encode(message.build("t.name", [], queue="default", task_id='a"b\\c')), 'a"b\\c',
+                       "t.name"),
+        "not JSON": (b"\x00garbage", "id-1", None),
+    }[case]
+    if case == "ignored":
+        assert json.loads(body)["ignore_result"] is True and body.index('"ignore_result"') < body.index('"args"')
+    record = _received(app, rclient, namespace, body, task_id)
+    assert (record or {}).get("task") == expect and ((record or {}).get("state") == "RECEIVED") == (expect is not None)

@@ -70,12 +70,29 @@ if rates then
     return true
   end
 end
+-- What RECEIVED needs of a body (its task name, and whether it ignores results), read from its
+-- first fields when they are in qdeploy's order: `{"v":N,"id":"..","task":"..",` and then
+-- `"ignore_result":true,` if it does (core/message.encode writes them so, and no such key when
+-- it does not). A JSON decode of the whole body was 13 % of a reserve's work in Redis. A body in
+-- any other order, or with "ignore_result" further on (an older producer; or in the arguments),
+-- is decoded in full.
+local HEAD = '^{"v":[12],"id":"[^"\\]*","task":"([^"\\]*)",()'
+local function head(body)
+  local task, at = string.match(body, HEAD)
+  if not task then return nil end
+  if string.sub(body, at, at + 20) == '"ignore_result":true,' then return {task = task, ignore_result = true} end
+  if string.find(body, '"ignore_result"', at, true) then return nil end
+  return {task = task, ignore_result = false}
+end
 local function hit(id, i)
   local body = redis.call('HGET', KEYS[2], id)
   local env = nil
   if body and (ARGV[8] == '1' or rates) then
-    local ok, decoded = pcall(cjson.decode, body)
-    if ok and type(decoded) == 'table' then env = decoded end
+    env = not rates and head(body) or nil  -- rate limits read the whole envelope
+    if not env then
+      local ok, decoded = pcall(cjson.decode, body)
+      if ok and type(decoded) == 'table' then env = decoded end
+    end
   end
   if rates and env and type(env['task']) == 'string' and deferred(id, env, i) then return nil end
   redis.call('HSET', k_consumers(ns), ARGV[6], ARGV[7])
