@@ -42,6 +42,8 @@ import sys
 import time
 from types import SimpleNamespace
 
+from floor import address  # the same redis://host:port parsing as the floor's
+
 from qdeploy.core.broker import SWEEP_EVERY, Broker
 from qdeploy.core.connection import pack
 from qdeploy.ops.control import ControlServer
@@ -189,15 +191,6 @@ class Node:
         if sweep:
             self.broker.recover_dead(SWEEP_EVERY)  # as Master.beat
             stats["sweeps"] += 1
-
-
-def address(url: str) -> tuple[str, int]:
-    if not url.startswith("redis://"):
-        raise ValueError(f"expected a redis://host:port/db URL, got {url!r}")
-    host, _, port = url[len("redis://"):].split("/", 1)[0].rpartition(":")
-    if not host or not port.isdigit():
-        raise ValueError(f"expected a redis://host:port/db URL, got {url!r}")
-    return host, int(port)
 
 
 def simulate(args, where) -> dict:

@@ -34,7 +34,7 @@ import uuid
 from collections.abc import Callable
 
 from qdeploy.core.broker import Broker, Reserved, lua
-from qdeploy.core.connection import BROKER_DOWN, ClusterDown, RedisError, ping_cluster, text
+from qdeploy.core.connection import BROKER_DOWN, RedisError, ping_cluster, text
 from qdeploy.core.keys import ClusterKeys, QueueKeys
 
 log = logging.getLogger("qdeploy.broker")
@@ -424,18 +424,6 @@ class ClusterBroker(Broker):
         keys = [self.keys.heartbeat(owner), *(self.keys.of(q).heartbeat(owner) for q in self._vouched.pop(owner, []))]
         if failed := self._each([functools.partial(self.client.delete, key) for key in keys]):
             raise failed[0][1]
-
-    def _again(self, write):
-        """An idempotent write, tried once more on a fresh slot table after a connection error
-        or a slot not served (mid-failover)."""
-        try:
-            return write()
-        except (*BROKER_DOWN, ClusterDown):
-            try:
-                ping_cluster(self.client)
-            except (*BROKER_DOWN, RedisError):
-                pass
-            return write()
 
     def recover_dead(self, every: float = 0.0) -> dict[str, int]:
         """As Broker.recover_dead, per queue: the registry of each queue read, every owner's
