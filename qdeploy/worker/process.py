@@ -170,12 +170,9 @@ class ChildLink:
 
     def send(self, line: str) -> None:
         data = (line.replace("\n", " ") + "\n").encode()
-        if self.held:
-            if len(self.held) + len(data) <= select.PIPE_BUF:
-                data = self.held + data  # one write, atomic as each line's is
-            else:
-                self._write(self.held)
-            self.held = b""
+        if self.held and len(self.held) + len(data) <= select.PIPE_BUF:
+            data, self.held = self.held + data, b""  # one write, atomic as each line's is
+        self.flush()  # (a held line too long to share the write goes first, on its own)
         self._write(data)
 
     def flush(self) -> None:
