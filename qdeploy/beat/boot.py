@@ -21,7 +21,6 @@ from qdeploy.beat.entry import EntryError, load_entries
 from qdeploy.beat.schedule import resolve_timezone
 from qdeploy.beat.scheduler import Beat, SystemClock
 from qdeploy.beat.store import BeatStore
-from qdeploy.core.broker import Broker
 from qdeploy.core.connection import RedisError
 from qdeploy.defaults import EX_USAGE
 from qdeploy.ops import httpd, metrics
@@ -105,18 +104,19 @@ def run(opts: BeatOptions) -> int:
                 metrics.require_client()  # while we may still read the venv (as the worker does)
             except ImportError:
                 pass  # serve_metrics says so
+        store = BeatStore(broker)  # reads its scripts while we may still read the package
         service.become(target, opts.allow_root, "beat")
-        return serve(app, opts, broker, entries, tz, notifier, readiness)
+        return serve(app, opts, store, entries, tz, notifier, readiness)
 
 
-def serve(app, opts: BeatOptions, broker: Broker, entries: dict, tz, notifier: Notifier, readiness) -> int:
+def serve(app, opts: BeatOptions, store: BeatStore, entries: dict, tz, notifier: Notifier, readiness) -> int:
     cfg = opts.config
     signals: deque[int] = deque()
     read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
     for name in ("TERM", "INT", "QUIT", "HUP", "USR2"):
         signal.signal(getattr(signal, f"SIG{name}"), lambda signum, frame: signals.append(signum))
-    beat = Beat(app, BeatStore(broker), static=entries, tz=tz, clock=SystemClock(read_end),
+    beat = Beat(app, store, static=entries, tz=tz, clock=SystemClock(read_end),
                 lock_timeout=cfg["beat.lock_timeout"] or 30.0, max_interval=max_interval(app, opts),
                 misfire_grace=cfg["beat.misfire_grace"], holder=f"{socket.gethostname()}:{os.getpid()}")
     stop: list[int] = []

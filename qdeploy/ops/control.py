@@ -273,8 +273,8 @@ class ControlServer:
         children = state.pop("children")
         state.update(
             uptime=time.time() - m.started, stopping=m.stopping, ready=m.ready, children=len(children),
-            busy=sum(c["state"] == "busy" for c in children), rss_kib=_rss_kib(os.getpid()),
-            children_rss_kib=sum(_rss_kib(c["pid"]) for c in children),
+            busy=sum(c["state"] == "busy" for c in children), rss_kib=rss_kib(os.getpid()),
+            children_rss_kib=sum(rss_kib(c["pid"]) for c in children),
             max_tasks_per_child=m.opts.max_tasks_per_child, max_memory_per_child=m.opts.max_memory_per_child,
             time_limit=m.opts.time_limit, soft_time_limit=m.opts.soft_time_limit,
             graceful_timeout=m.opts.graceful_timeout, app=m.opts.app,
@@ -331,12 +331,17 @@ def _count(value) -> int:
     return value
 
 
-def _rss_kib(pid: int) -> int:
-    import psutil
+_PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
 
+
+def rss_kib(pid: int) -> int:
+    """A process's resident memory in KiB (0 if it is gone): /proc/<pid>/statm, which is what
+    psutil reads, without importing it where the service user may not be able to (after the
+    privilege drop)."""
     try:
-        return psutil.Process(pid).memory_info().rss // 1024
-    except psutil.Error:
+        with open(f"/proc/{pid}/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * _PAGE_KIB
+    except (OSError, IndexError, ValueError):
         return 0
 
 

@@ -62,8 +62,13 @@ _ATTEMPT_TIMES = ("started", "done", "runtime")
 SLOW_MAX = 1_000  # the slowest tasks a run-time sort over the whole history pages through
 
 
+# Read at import: a worker master imports this before it drops privileges, and writes the first
+# record after (the service user may not be able to read the package).
+_SOURCE = resources.files("qdeploy.ops").joinpath("history.lua").read_text()
+
+
 def lua_source() -> str:
-    return resources.files("qdeploy.ops").joinpath("history.lua").read_text()
+    return _SOURCE
 
 
 def prefix(namespace: str) -> str:

@@ -30,7 +30,7 @@ from qdeploy.core.broker import SWEEP_EVERY
 from qdeploy.core.connection import RedisError
 from qdeploy.defaults import EX_UNAVAILABLE
 from qdeploy.ops import health, httpd, metrics
-from qdeploy.ops.control import ControlServer
+from qdeploy.ops.control import ControlServer, rss_kib
 from qdeploy.ops.events import EventPublisher, event_call
 from qdeploy.ops.history_writer import HistoryWriter
 from qdeploy.ops.metrics import NodeStats
@@ -241,6 +241,10 @@ class Master:
             self.beat_child.stop(time.monotonic(), cold=True)
 
     def handle_hup(self) -> None:
+        blocked = reexec_blocker()
+        if blocked:  # checked before anything stops: a new image that cannot start would take the node down
+            log.error("reload refused: %s; running on with the code loaded", blocked)
+            return
         log.info("reload requested: re-executing with fresh code; running tasks finish in the old children")
         self.reload_requested = True
 
@@ -510,7 +514,7 @@ class Master:
         if hard and now >= self._next_memory_check:
             self._next_memory_check = now + MEMORY_CHECK_EVERY
             for child in list(self.children.values()):
-                rss = _rss_kib(child.pid)
+                rss = rss_kib(child.pid)
                 if rss > hard and not child.killed_for:
                     self.kill_child(child, f"memory {rss} KiB > hard limit {hard} KiB")
 
@@ -729,6 +733,17 @@ def _signal_set() -> set[int]:
     return {getattr(signal, f"SIG{name}") for name in SIGNALS}
 
 
+def reexec_blocker() -> str | None:
+    """Why a fresh image of this master could not start as the user it runs as (None if it
+    can): the interpreter and qdeploy's code must be readable after the privilege drop."""
+    import qdeploy
+
+    for path, mode, what in ((sys.executable, os.X_OK, "execute"), (qdeploy.__file__, os.R_OK, "read")):
+        if path and not os.access(path, mode):
+            return f"this user (uid {os.geteuid()}) cannot {what} {path}"
+    return None
+
+
 def _to_memfd(text: str) -> int:
     """An inheritable in-memory file holding `text`, for the re-exec'd image (no size limit,
     unlike the environment)."""
@@ -760,12 +775,3 @@ def _drain(fd: int) -> None:
             pass
     except BlockingIOError:
         pass
-
-
-def _rss_kib(pid: int) -> int:
-    import psutil  # here, not at the top: start-up time (~15 ms); only hard memory limits need it
-
-    try:
-        return psutil.Process(pid).memory_info().rss // 1024
-    except psutil.Error:
-        return 0

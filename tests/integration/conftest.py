@@ -3,6 +3,7 @@ to run consumers in-process or as real `qdeploy worker` subprocesses."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import shlex
 import shutil
@@ -25,6 +26,7 @@ from qdeploy.worker import Consumer
 
 REPO = Path(__file__).resolve().parents[2]
 REDIS_SERVER = shutil.which("redis-server")
+LOCKED_LIBRARIES = ("click", "jinja2", "markupsafe", "psutil", "redis", "prometheus_client", "setproctitle")
 
 
 def free_port() -> int:
@@ -130,6 +132,26 @@ def make_server(tmp_path):
     yield make
     for server in servers:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def locked_code(tmp_path_factory) -> Path:
+    """A copy of the project's code (qdeploy/, tests/ and the runtime's libraries) that only root
+    can read, as a checkout under /root or a clone in a `mktemp -d` with its venv is: run from
+    here (PYTHONPATH, and a cwd elsewhere), a process that drops privileges fails at once if it
+    reads any of its code (a lazy import, a Lua script) after the drop."""
+    path = tmp_path_factory.mktemp("locked")
+    path.chmod(0o700)
+    for name in ("qdeploy", "tests"):
+        shutil.copytree(REPO / name, path / name, ignore=shutil.ignore_patterns("golden", "e2e", "seeds"))
+    for name in LOCKED_LIBRARIES:  # first on PYTHONPATH: they shadow the venv's (it may be readable)
+        module = importlib.import_module(name)
+        where = Path(module.__file__)
+        if where.name == "__init__.py":
+            shutil.copytree(where.parent, path / where.parent.name)
+        else:
+            shutil.copy2(where, path / where.name)
+    return path
 
 
 @pytest.fixture

@@ -57,10 +57,10 @@ def env(namespace: str, **extra) -> dict:
 def beats(namespace):
     started: list[subprocess.Popen] = []
 
-    def start(cfg: Path, *args: str, notify: Notify | None = None) -> subprocess.Popen:
+    def start(cfg: Path, *args: str, notify: Notify | None = None, code: Path = REPO) -> subprocess.Popen:
         extra = {"NOTIFY_SOCKET": notify.path} if notify else {}
         proc = subprocess.Popen([sys.executable, "-m", "qdeploy", "beat", "--config", str(cfg), *args],
-                                env=env(namespace, **extra), cwd=REPO, stdout=subprocess.PIPE,
+                                env=env(namespace, PYTHONPATH=str(code), **extra), cwd=cfg.parent, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
         started.append(proc)
         return proc
@@ -165,14 +165,18 @@ def test_detach_exits_0_once_ready_and_reports_why_not(config, world, redis_serv
     assert not (world / "x.pid").exists()
 
 
-def test_as_root_beat_drops_to_the_config_user(beats, config, world, redis_server, namespace):
+def test_as_root_beat_drops_to_the_config_user(beats, config, world, redis_server, namespace, locked_code):
+    """Run from code only root can read: what beat needs after the drop (its scripts) it read before."""
     if os.geteuid() != 0:
         pytest.skip("needs root")
     cfg = config()
     cfg.write_text('user = "nobody"\ngroup = "nogroup"\n' + cfg.read_text())
-    proc = beats(cfg, "--logfile", str(world / "log" / "beat.log"))
+    proc = beats(cfg, "--logfile", str(world / "log" / "beat.log"), code=locked_code)
     store = store_for(redis_server, namespace)
-    wait_until(lambda: holder_pid(store) == proc.pid, 15, what="the beat to lead")
+    wait_until(lambda: holder_pid(store) == proc.pid or proc.poll() is not None, 15, what="the beat to lead")
+    assert proc.poll() is None, proc.communicate()[1]
+    sent = wait_until(lambda: SENT.search((world / "log" / "beat.log").read_text()), 10, what="a run sent")
+    assert sent.group(1) == "tick"
     p = psutil.Process(proc.pid)
     assert p.uids().real == p.uids().effective == 65534 and p.gids().real == 65534
     log = world / "log" / "beat.log"

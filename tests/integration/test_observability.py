@@ -517,16 +517,52 @@ def test_task_sent_from_producers_and_from_tasks(masters, oapp, tapp):
         events_mod.stop_sent_events(oapp)
 
 
-def test_metrics_and_events_after_the_privilege_drop(masters, oapp, tapp, world_dir):
-    """Everything /metrics needs is imported before the drop: a service user may not read the
-    venv (here under /root)."""
+def test_after_the_drop_every_path_of_the_master_has_what_it_needs(masters, oapp, tapp, world_dir, locked_code):
+    """As nobody, from code only root can read: hard memory and time limits (memory reads, the
+    killed task's followups), a crash and inspect stats work; a HUP, whose new image could not
+    read the code, is refused in one line and the node runs on; no read after the drop fails."""
+    if os.geteuid() != 0:
+        pytest.fail("this test runs as root")
+    dirs = {name: world_dir / name for name in ("log", "run", "state")}
+    m = masters(*APP, "-c", "1", "--uid", "nobody", "--gid", "nogroup", "--log-dir", str(dirs["log"]),
+                "--pid-dir", str(dirs["run"]), "--state-dir", str(dirs["state"]), "--workdir", str(world_dir),
+                "--max-memory-per-child-hard", "400M", "--time-limit", "1", root=True,
+                env={"PYTHONPATH": str(locked_code)}).ready()
+    out = Lines(m)
+    assert send(oapp, "o.ok", 5).get(timeout=15) == 5
+    stuck = send(oapp, "o.stuck", 30)
+    wait_until(lambda: stuck.state == "FAILURE", 15, what="the stuck task killed at its hard limit")
+    crashed = send(oapp, "o.crash")
+    control = Control(tapp.transport)
+
+    def exits() -> dict:
+        replies = control.request("stats", timeout=3).replies
+        return next(iter(replies.values()))["result"]["child_exits"] if replies else {}
+
+    wait_until(lambda: exits().get("crash") == 1, 15, what="inspect stats counting the crash")
+    assert exits()["time_limit"] == 1 and crashed.state != "SUCCESS"
+    os.kill(m.pid, signal.SIGHUP)
+    refused = out.wait_for("reload")  # the new image could not read the code: the node runs on
+    assert "reload refused: this user (uid 65534) cannot " in refused and "; running on with the code loaded" in refused
+    assert send(oapp, "o.ok", 6).get(timeout=15) == 6
+    text = "\n".join(out.lines)
+    for bad in ("Traceback", "PermissionError", "Permission denied", "ImportError", "ModuleNotFoundError"):
+        assert bad not in text, text
+
+
+def test_metrics_events_and_history_after_the_privilege_drop(masters, oapp, tapp, world_dir, locked_code,
+                                                             redis_server, namespace):
+    """Everything /metrics and the task history need is read before the drop: a service user may
+    read neither the venv (here under /root) nor the code (here a copy only root can read)."""
+    from qdeploy.ops.history import HistoryStore
+
     if os.geteuid() != 0:
         pytest.fail("this test runs as root")
     port = free_port()
     dirs = {name: world_dir / name for name in ("log", "run", "state")}
     m = masters(*APP, "-c", "1", "-E", "--uid", "nobody", "--gid", "nogroup", "--log-dir", str(dirs["log"]),
                 "--pid-dir", str(dirs["run"]), "--state-dir", str(dirs["state"]), "--workdir", str(world_dir),
-                "--metrics-port", str(port), root=True).ready()
+                "--metrics-port", str(port), root=True, env={"PYTHONPATH": str(locked_code)}).ready()
     assert psutil.Process(m.pid).uids().effective == 65534
     listener = Listener(tapp)
     try:
@@ -538,3 +574,5 @@ def test_metrics_and_events_after_the_privilege_drop(masters, oapp, tapp, world_
     status, body = _get(f"http://127.0.0.1:{port}/metrics")
     assert status == 200 and 'qdeploy_tasks_total{outcome="succeeded",queue="default",task="o.ok"} 1.0' in body
     assert _get(f"http://127.0.0.1:{port}/healthz") == (200, "ok\n")
+    store = HistoryStore(redis_server.client(), namespace)
+    wait_until(lambda: (store.get(done.id) or {}).get("state") == "SUCCESS", 10, what="the task in the history")

@@ -44,8 +44,8 @@ class Notify:
 class Master:
     def __init__(self, url, namespace, tmp_path, *args, env=None, notify=True):
         self.notify = Notify() if notify else None
-        environ = dict(os.environ, QDEPLOY_NAMESPACE=namespace, QDEPLOY_BROKER=url,
-                       PYTHONPATH=str(REPO), **(env or {}))
+        environ = dict(os.environ, QDEPLOY_NAMESPACE=namespace, QDEPLOY_BROKER=url, PYTHONPATH=str(REPO))
+        environ.update(env or {})
         environ.pop("QDEPLOY_CONFIG", None)
         if self.notify:
             environ["NOTIFY_SOCKET"] = self.notify.path
