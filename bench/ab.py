@@ -118,6 +118,8 @@ class Side:
         if not finished:
             raise SystemExit(f"ab: {self.name}: the drain did not finish in 120 s\n{worker.tail()}")
         steady = {key: (last[key] - first[key]) / (n - counted) for key in ("master_cpu", "child_cpu", "redis_cpu")}
+        # cores kept busy (master, children, Redis): below what the CPU per task allows, they waited
+        steady["cores"] = sum(steady.values()) * (n - counted) / (last["t"] - first["t"])
         return {"rate": drain_rate(runs), "cpu": worker_cpu / n, "redis_cpu": redis_cpu / n,
                 "steady": steady, **verify(runs, n)}
 
@@ -146,7 +148,7 @@ def main(argv=None) -> int:
     rows = (("drain", "drain -c 2", "/s"), ("one", "enqueue one", "/s"), ("batch", "enqueue batch", "/s"),
             ("cpu", "worker CPU/task", "us"), ("redis_cpu", "redis CPU/task", "us"),
             ("master_cpu", " master, steady", "us"), ("child_cpu", " children, steady", "us"),
-            ("steady_redis", " redis, steady", "us"),
+            ("steady_redis", " redis, steady", "us"), ("cores", " cores busy, steady", ""),
             ("one_cpu", "CPU/enqueue one", "us"), ("batch_cpu", "CPU/enq. batch", "us"))
     got: dict[str, dict[str, list[float]]] = {s.name: {key: [] for key, _, _ in rows} for s in sides}
     try:
@@ -160,7 +162,7 @@ def main(argv=None) -> int:
                           "one": enq["one"], "batch": enq["batch"], "one_cpu": enq["one_cpu"] * 1e6,
                           "batch_cpu": enq["batch_cpu"] * 1e6, "master_cpu": drained["steady"]["master_cpu"] * 1e6,
                           "child_cpu": drained["steady"]["child_cpu"] * 1e6,
-                          "steady_redis": drained["steady"]["redis_cpu"] * 1e6}
+                          "steady_redis": drained["steady"]["redis_cpu"] * 1e6, "cores": drained["steady"]["cores"]}
                 for key, value in values.items():
                     got[side.name][key].append(value)
                 print(f"  {repeat + 1}/{args.repeats} {side.name}: drain {drained['rate']:7.0f}/s "
@@ -173,7 +175,8 @@ def main(argv=None) -> int:
     print(f"{'':20}{'base':>10}{'head':>10}{'head/base':>11}")
     for key, label, unit in rows:
         b, h = median(got["base"][key]), median(got["head"][key])
-        print(f"{label + ' (' + unit + ')':20}{b:10.1f}{h:10.1f}{h / b:11.3f}")
+        digits = 1 if unit else 2
+        print(f"{label + (f' ({unit})' if unit else ''):20}{b:10.{digits}f}{h:10.{digits}f}{h / b:11.3f}")
     return 0
 
 
