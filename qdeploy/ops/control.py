@@ -32,6 +32,7 @@ from qdeploy.core.app import parse_rate
 from qdeploy.core.connection import BROKER_DOWN, REDIS_PY_VERSION, RedisError, socket_of
 from qdeploy.generator.datatypes import NODE_NAME
 from qdeploy.ops import fleet
+from qdeploy.service.daemon import rss_kib
 
 log = logging.getLogger("qdeploy.worker")
 
@@ -329,20 +330,6 @@ def _count(value) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 64:
         raise ControlError("n must be an integer from 1 to 64")
     return value
-
-
-_PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
-
-
-def rss_kib(pid: int) -> int:
-    """A process's resident memory in KiB (0 if it is gone): /proc/<pid>/statm, which is what
-    psutil reads, without importing it where the service user may not be able to (after the
-    privilege drop)."""
-    try:
-        with open(f"/proc/{pid}/statm", "rb") as statm:
-            return int(statm.read().split()[1]) * _PAGE_KIB
-    except (OSError, IndexError, ValueError):
-        return 0
 
 
 # -- the client ------------------------------------------------------------------------------

@@ -101,6 +101,20 @@ def signal_pid(pid: int, sig: int) -> None:
         pass
 
 
+_PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+def rss_kib(pid: int | str = "self") -> int:
+    """A process's resident memory in KiB (0 if it is gone): /proc/<pid>/statm, one read, which is
+    what psutil reads, without an import the service user may not be able to make after the
+    privilege drop."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * _PAGE_KIB
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
 def read_pid(path: str | Path) -> int | None:
     """The pid of a live process holding `path`, or None (missing, stale or unlocked)."""
     try:

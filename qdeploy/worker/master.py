@@ -30,11 +30,11 @@ from qdeploy.core.broker import SWEEP_EVERY
 from qdeploy.core.connection import RedisError
 from qdeploy.defaults import EX_UNAVAILABLE
 from qdeploy.ops import health, httpd, metrics
-from qdeploy.ops.control import ControlServer, rss_kib
+from qdeploy.ops.control import ControlServer
 from qdeploy.ops.events import EventPublisher, event_call
 from qdeploy.ops.history_writer import HistoryWriter
 from qdeploy.ops.metrics import NodeStats
-from qdeploy.service.daemon import signal_pid
+from qdeploy.service.daemon import rss_kib, signal_pid
 from qdeploy.service.sdnotify import Notifier
 from qdeploy.worker import autoscale as autoscale_mod
 from qdeploy.worker.child import prepare

@@ -28,6 +28,7 @@ from qdeploy.defaults import EX_UNAVAILABLE
 from qdeploy.ops import tracing
 from qdeploy.ops.history import ARGS_MAX
 from qdeploy.service import logs
+from qdeploy.service.daemon import rss_kib
 from qdeploy.worker.lifecycle import process_init, process_shutdown
 from qdeploy.worker.options import WorkerOptions
 
@@ -36,7 +37,6 @@ log = logging.getLogger("qdeploy.worker")
 CHILD_BOOT_ERROR = EX_UNAVAILABLE  # the child could not even start consuming
 SPARE_LEAD = 10  # a recycling child asks for its spare successor when this many tasks are left
 PR_SET_PDEATHSIG = 1
-_PAGE = os.sysconf("SC_PAGE_SIZE")
 MAX_LINE = 4000  # an event line stays shorter (the master's MAX_EVENT is 4096, PIPE_BUF too)
 _encode_call = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode
 CUT_ARGS = 500  # characters of the repr kept of arguments too large for the history (not retryable)
@@ -52,12 +52,6 @@ except (OSError, AttributeError):  # not Linux: the control pipe's EOF still sto
 def set_pdeathsig(sig: int = signal.SIGKILL) -> None:
     if _prctl is not None:
         _prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
-
-
-def rss_kib() -> int:
-    """Current resident memory of this process, from /proc/self/statm (cheap: one read)."""
-    with open("/proc/self/statm", "rb") as fh:
-        return int(fh.read().split()[1]) * _PAGE // 1024
 
 
 _setproctitle: Callable[[str], None] | None
