@@ -1,10 +1,10 @@
 """qdeploy: a Redis-backed task queue runtime and the tooling that deploys it."""
 
-from qdeploy._imports import defer_redis_asyncio
+from qdeploy._imports import defer_redis
 
 __version__ = "0.1.0"
 
-defer_redis_asyncio()  # ~25 ms of start-up that qdeploy never uses (see _imports.py)
+defer_redis()  # ~100 ms and ~14 MiB that a worker on one server never uses (see _imports.py)
 
 # Celery's task API under Celery's names (`from qdeploy import Celery, Task, chain`): name -> module
 _LAZY = {

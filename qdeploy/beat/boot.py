@@ -105,7 +105,7 @@ def run(opts: BeatOptions) -> int:
             except ImportError:
                 pass  # serve_metrics says so
         store = BeatStore(broker)  # reads its scripts while we may still read the package
-        service.become(target, opts.allow_root, "beat")
+        service.become(target, opts.allow_root, "beat", broker)
         return serve(app, opts, store, entries, tz, notifier, readiness)
 
 

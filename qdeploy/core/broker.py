@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 
-from qdeploy.core.connection import BrokerURL, Client, connect, hot_path, is_cluster, text
+from qdeploy.core.connection import BrokerURL, Client, Script, connect, hot_path, is_cluster, text
 from qdeploy.core.keys import LUA_KEYS, Keys, lua_helpers
 
 _INCLUDE = "-- include: "
@@ -50,6 +50,18 @@ def result_ttl_of(value) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or value < 0:
         raise ValueError(f"result_ttl must be a whole number of seconds >= 0 (0 = keep forever), not {value!r}")
     return int(value)
+
+
+def heartbeat_value(info: dict | None) -> str:
+    """What a heartbeat key holds: the owner's info and the time it was written."""
+    return json.dumps(dict(info or {}, time=time.time()))
+
+
+def pairs(reply) -> list[tuple]:
+    """A hash's fields and values: HGETALL's flat reply (or the dict redis-py makes of it)."""
+    if isinstance(reply, dict):
+        return list(reply.items())
+    return list(zip(reply[::2], reply[1::2], strict=True))
 
 
 @dataclass(slots=True)
@@ -90,7 +102,7 @@ class Broker:
         self.client = client if client is not None else connect(url, retries=retries)
         self.durability = BrokerURL.parse(url).wait  # (replicas, ms) for WAIT after publishes and acks
         self.fast = hot_path(self.client, self.durability)
-        reg = self.client.register_script
+        reg = self._register
         self._reserve, self._retry, self._dead = reg(lua("reserve")), reg(lua("retry")), reg(lua("dead_letter"))
         self._requeue, self._recover = reg(lua("requeue_consumer")), reg(lua("recover_dead"))
         self._publish_one, self._publish_unique = reg(lua("publish_one")), reg(lua("publish_unique"))
@@ -100,12 +112,15 @@ class Broker:
     def _keys(namespace: str) -> Keys:
         return Keys(namespace)
 
+    def _register(self, source: str):
+        return Script(self.fast, source)
+
     def script(self, name: str):
-        """A redis-py Script for `qdeploy/core/lua/<name>.lua` (EVALSHA, loaded on NOSCRIPT)."""
-        return self.client.register_script(lua(name))
+        """A Script for `qdeploy/core/lua/<name>.lua` on the hot path (EVALSHA, EVAL on NOSCRIPT)."""
+        return self._register(lua(name))
 
     def ping(self) -> bool:
-        return bool(self.client.ping())
+        return self.fast.command("PING") in (b"PONG", True)
 
     # -- producer ----------------------------------------------------------------------------
     def publish(self, items, chunk: int = 5000, prelude: list | tuple = ()) -> None:
@@ -151,12 +166,9 @@ class Broker:
         return first.decode() if first else None
 
     def revoke(self, task_id: str, result: str | None) -> None:
-        pipe = self.client.pipeline(transaction=True)
-        ttl = self.result_ttl or None  # 0: keep forever
-        pipe.set(self.keys.revoked(task_id), 1, ex=ttl)
-        if result:
-            pipe.set(self.keys.result(task_id), result, ex=ttl)
-        pipe.execute()
+        expiry = ("EX", self.result_ttl) if self.result_ttl else ()  # 0: keep forever
+        self.fast.transaction([("SET", self.keys.revoked(task_id), 1, *expiry),
+                               *([("SET", self.keys.result(task_id), result, *expiry)] if result else [])])
 
     # -- consumer ----------------------------------------------------------------------------
     def reserve(self, cid: str, owner: str, queues: list[str], *, ack_id: str | None = None,
@@ -216,7 +228,7 @@ class Broker:
 
     def body(self, task_id: str, queue: str | None = None) -> bytes | None:
         """The stored envelope of `task_id` (None if gone)."""
-        return self.client.hget(self.keys.msg, task_id)  # type: ignore[return-value]
+        return self.fast.command("HGET", self.keys.msg, task_id)
 
     def carry_out(self, cid: str, ops: list) -> None:
         """Follow-up operations without an ack (a task acked before it ran: acks_late=False)."""
@@ -255,17 +267,16 @@ class Broker:
 
     def consumers(self) -> dict[str, str]:
         """Every registered consumer id -> the owner whose heartbeat vouches for it."""
-        return {text(c): text(o) for c, o in self.client.hgetall(self.keys.consumers).items()}
+        return {text(c): text(o) for c, o in pairs(self.fast.command("HGETALL", self.keys.consumers))}
 
     # -- liveness ----------------------------------------------------------------------------
     def heartbeat(self, owner: str, ttl: float, info: dict | None = None, queues: list[str] | None = None) -> None:
         """Vouch for every consumer registered under `owner` for the next `ttl` seconds. (`queues`,
         those the owner's consumers use, matter on Redis Cluster only: ClusterBroker.heartbeat.)"""
-        value = json.dumps(dict(info or {}, time=time.time()))
-        self.client.set(self.keys.heartbeat(owner), value, px=max(1, int(ttl * 1000)))
+        self.fast.command("SET", self.keys.heartbeat(owner), heartbeat_value(info), "PX", max(1, int(ttl * 1000)))
 
     def stop_heartbeat(self, owner: str) -> None:
-        self.client.delete(self.keys.heartbeat(owner))
+        self.fast.command("DEL", self.keys.heartbeat(owner))
 
     def recover_dead(self, every: float = 0.0) -> dict[str, int]:
         """Requeue the in-flight messages of every consumer whose owner's heartbeat expired.

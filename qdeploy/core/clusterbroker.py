@@ -33,7 +33,7 @@ import time
 import uuid
 from collections.abc import Callable
 
-from qdeploy.core.broker import Broker, Reserved, lua
+from qdeploy.core.broker import Broker, Reserved, heartbeat_value, lua
 from qdeploy.core.connection import BROKER_DOWN, RedisError, ping_cluster, text
 from qdeploy.core.keys import ClusterKeys, QueueKeys
 
@@ -101,6 +101,10 @@ class ClusterBroker(Broker):
     @staticmethod
     def _keys(namespace: str) -> ClusterKeys:
         return ClusterKeys(namespace)
+
+    def _register(self, source: str):
+        """redis-py's cluster Script: it routes by the first key and follows MOVED itself."""
+        return self.client.register_script(source)
 
     def ping(self) -> bool:
         """Every primary answers (after asking the cluster for its slot table again)."""
@@ -397,7 +401,8 @@ class ClusterBroker(Broker):
         vouched = sorted({q for q in queues if isinstance(q, str) and q})
         self._vouched[owner] = vouched
         px = max(1, int(ttl * 1000))
-        writes: list[Callable[[], object]] = [functools.partial(Broker.heartbeat, self, owner, ttl, info)]
+        writes: list[Callable[[], object]] = [functools.partial(self.client.set, self.keys.heartbeat(owner),
+                                                                heartbeat_value(info), px=px)]
         writes += [functools.partial(self.client.set, self.keys.of(q).heartbeat(owner), b"1", px=px) for q in vouched]
         failed = self._each(writes)
         if failed:

@@ -20,45 +20,62 @@ fails loudly when a redis-py release moves it (tests/unit/test_connection.py): `
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import logging
 import os
 import select
+import sys
 import threading
 import time
-from typing import Any
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
-import redis
+from redis import exceptions as rexc  # alone: redis-py's package body runs on first use (_imports.py)
 from redis.backoff import ExponentialBackoff, NoBackoff
-from redis.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import AskError, MovedError, RedisClusterException, TryAgainError
 from redis.retry import Retry
-from redis.sentinel import MasterNotFoundError, Sentinel
 
+from qdeploy.core import resp
+from qdeploy.core.resp import fill_stdio
 from qdeploy.core.urls import SCHEMES, BrokerURL, BrokerURLError, redact, redact_text
 
-__all__ = ["BROKER_DOWN", "REDIS_PY_VERSION", "SCHEMES", "BrokerURL", "BrokerURLError", "Client",
-           "ClusterDown", "ClusterHotPath", "HotPath", "NotReplicated", "RedisError", "ResponseError", "client_for", "connect",
-           "error_text", "hot_path", "is_cluster", "nodes_of", "pack", "redact", "redact_text", "refused_for_now",
-           "slot_of", "socket_of", "text"]
+__all__ = ["BROKER_DOWN", "SCHEMES", "BrokerURL", "BrokerURLError", "Client", "ClusterDown", "ClusterHotPath",
+           "HotPath", "LazyClient", "NotReplicated", "RedisError", "ResponseError", "Script", "client_for", "connect",
+           "error_text", "hot_path", "is_cluster", "nodes_of", "pack", "redact", "redact_text", "redis_py_version",
+           "refused_for_now", "slot_of", "socket_of", "subscriber", "text"]
+
+if TYPE_CHECKING:
+    from redis import Redis as Client
+else:
+    Client = Any  # redis-py's client, named without loading it
 
 log = logging.getLogger("qdeploy.broker")
-Client = redis.Redis
-RedisError = redis.RedisError  # anything a Redis call can raise
-ResponseError = redis.ResponseError  # the server answered with an error
-BROKER_DOWN = (redis.ConnectionError, redis.TimeoutError)  # unreachable: reconnect
-ClusterDown = redis.exceptions.ClusterDownError  # a slot not served now (mid-failover): a ResponseError
-REDIS_PY_VERSION = getattr(redis, "__version__", "?")
+RedisError = rexc.RedisError  # anything a Redis call can raise
+ResponseError = rexc.ResponseError  # the server answered with an error
+BROKER_DOWN = (rexc.ConnectionError, rexc.TimeoutError)  # unreachable: reconnect
+ClusterDown = rexc.ClusterDownError  # a slot not served now (mid-failover): a ResponseError
 
 
-class NotReplicated(redis.RedisError):
+class NotReplicated(rexc.RedisError):
     """A write the primary applied but fewer replicas than `wait_replicas=` confirmed within
     `wait_timeout=`: it is lost if the primary fails before replicating it."""
 
 
 def is_cluster(client) -> bool:
-    return isinstance(client, RedisCluster)
+    cluster = sys.modules.get("redis.cluster")  # not loaded: no client can be one
+    return cluster is not None and isinstance(client, cluster.RedisCluster)
+
+
+def redis_py_version() -> str:
+    """The installed redis-py's version, without loading its client stack for it."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("redis")
+    except metadata.PackageNotFoundError:
+        return "?"
 
 
 def slot_of(key: str | bytes) -> int:
@@ -66,11 +83,14 @@ def slot_of(key: str | bytes) -> int:
     return key_slot(key.encode() if isinstance(key, str) else key)
 
 
+@cache
 def _quiet_handshake() -> dict:
     """redis-py >= 7 sends CLIENT SETINFO twice and CLIENT MAINT_NOTIFICATIONS after connecting,
     and redis-py 8 a HELLO 3: four round trips each time a recycled child connects. Skip them
     where the client allows. RESP2 (the server's default, redis-py < 8's too) also keeps every
     reply the same shape whatever the redis-py version."""
+    import redis
+
     params = inspect.signature(redis.Redis.__init__).parameters
     quiet: dict[str, Any] = {"protocol": 2} if "protocol" in params else {}
     if "maint_notifications_config" in params:
@@ -83,8 +103,6 @@ def _quiet_handshake() -> dict:
         quiet.update(lib_name=None, lib_version=None)
     return quiet
 
-
-QUIET_HANDSHAKE = _quiet_handshake()
 
 
 def text(reply) -> str:
@@ -118,35 +136,78 @@ def _on_connect(conn) -> None:
     conn.next_health_check = time.monotonic() + conn.health_check_interval
 
 
-def fill_stdio() -> None:
-    """Open /dev/null on each of fd 0, 1 and 2 that is closed, so no socket or file lands there."""
-    for fd in (0, 1, 2):
-        try:
-            os.fstat(fd)
-        except OSError:
-            null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
-            if null != fd:
-                os.dup2(null, fd)
-                os.close(null)
-            else:
-                os.set_inheritable(fd, True)
-
-
 def connect(url: str | BrokerURL, *, retries: int = 2, socket_timeout: float = 10.0,
-            connect_timeout: float = 5.0, client_name: str | None = None) -> redis.Redis:
+            connect_timeout: float = 5.0, client_name: str | None = None) -> Client:
     """A client for `url` (BrokerURLError if it is not a broker URL). Nothing is sent yet: call
     `.ping()` to check reachability.
 
-    `retries` is how often redis-py itself retries a command after a connection error; the
-    consumer uses 0 and handles reconnects (and their at-least-once consequences) itself.
+    `retries` is how often a command is retried after a connection error; the consumer uses 0
+    and handles reconnects (and their at-least-once consequences) itself. On one server and on
+    Sentinel the client is a `LazyClient`: redis-py's client is made on its first use.
     """
-    return client_for(BrokerURL.parse(url), retries=retries, socket_timeout=socket_timeout,
-                      connect_timeout=connect_timeout, client_name=client_name)
+    parsed = url if isinstance(url, BrokerURL) else BrokerURL.parse(url)
+    kwargs: dict[str, Any] = {"retries": retries, "socket_timeout": socket_timeout,
+                              "connect_timeout": connect_timeout, "client_name": client_name}
+    if parsed.topology in LazyClient.TOPOLOGIES:
+        return LazyClient(parsed, **kwargs)  # type: ignore[return-value]
+    return client_for(parsed, **kwargs)
+
+
+class LazyClient:
+    """The redis-py client of a URL, made (and redis-py's package body loaded) on the first use
+    of any of its attributes, which it then stands for. A `HotPath` over it on a plain server
+    (TCP or unix socket, no TLS) talks to Redis on qdeploy's own `resp.Connection` without
+    making it: a worker's master and children never do, unless a task or an operator's
+    command asks for something only redis-py's client offers."""
+
+    TOPOLOGIES = frozenset({"standalone", "unix", "sentinel"})
+
+    def __init__(self, url: BrokerURL, *, retries: int, socket_timeout: float, connect_timeout: float,
+                 client_name: str | None):
+        self.url = url
+        self._kwargs: dict[str, Any] = {"retries": retries, "socket_timeout": socket_timeout,
+                        "connect_timeout": connect_timeout, "client_name": client_name}
+        self._client: Any = None
+
+    @property
+    def real(self) -> Client:
+        if self._client is None:
+            self._client = client_for(self.url, **self._kwargs)
+        return self._client
+
+    def __getattr__(self, name: str):
+        if name in ("url", "_kwargs", "_client"):  # not set yet (a copy being made): no client
+            raise AttributeError(name)
+        return getattr(self.real, name)
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
+    def __repr__(self) -> str:
+        return f"LazyClient({self.url.redacted!r}{', made' if self._client is not None else ''})"
+
+    def own_connection(self) -> dict | None:
+        """`resp.Connection`'s arguments for this URL; None where redis-py must talk (TLS, Sentinel)."""
+        url, kwargs = self.url, self._kwargs
+        if url.tls or url.topology not in ("standalone", "unix"):
+            return None
+        opts = url.options
+        params: dict[str, Any] = {
+            "db": url.db, "username": url.username, "password": url.password, "client_name": kwargs["client_name"],
+            "socket_timeout": opts.get("socket_timeout", kwargs["socket_timeout"]),
+            "connect_timeout": opts.get("socket_connect_timeout", kwargs["connect_timeout"]),
+            "retries": kwargs["retries"]}
+        if url.topology == "unix":
+            params["path"] = url.path
+        else:
+            (params["host"], params["port"]), = url.hosts
+        return params
 
 
 def client_for(url: BrokerURL, *, retries: int = 2, socket_timeout: float = 10.0,
-               connect_timeout: float = 5.0, client_name: str | None = None) -> redis.Redis:
-    """The redis-py client of a parsed URL. Timeouts in the URL's query win over the arguments;
+               connect_timeout: float = 5.0, client_name: str | None = None) -> Client:
+    """The redis-py client of a parsed URL, made now. Timeouts in the URL's query win over the arguments;
     TLS options apply to the sentinels and the master alike."""
     opts = url.options
     timeouts = {"socket_timeout": opts.get("socket_timeout", socket_timeout),
@@ -154,8 +215,12 @@ def client_for(url: BrokerURL, *, retries: int = 2, socket_timeout: float = 10.0
     tls = {**{k: v for k, v in opts.items() if k.startswith("ssl_")}, "ssl": True} if url.tls else {}
     common = {**timeouts, **tls, "db": url.db, "username": url.username, "password": url.password,
               "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), retries), "client_name": client_name,
-              "health_check_interval": 30, "redis_connect_func": _on_connect, **QUIET_HANDSHAKE}
+              "health_check_interval": 30, "redis_connect_func": _on_connect, **_quiet_handshake()}
+    import redis
+
     if url.topology == "sentinel":
+        from redis.sentinel import Sentinel
+
         own = {"username": opts.get("sentinel_username"), "password": opts.get("sentinel_password")}
         # no retries per sentinel: the next sentinel is the retry (and the client's own retries
         # ask them all again); redis-py's default would back off for seconds per dead sentinel
@@ -179,31 +244,39 @@ def _cluster_client(url: BrokerURL, common: dict, retries: int) -> Any:
     nodes answers is a ConnectionError here."""
     kwargs = {k: v for k, v in common.items() if k not in ("db", "retry", "health_check_interval",
                                                                "redis_connect_func")}
+    from redis.cluster import ClusterNode
+
     try:
-        return _Cluster(startup_nodes=[ClusterNode(host, port) for host, port in url.hosts],
+        return _cluster_class()(startup_nodes=[ClusterNode(host, port) for host, port in url.hosts],
                             retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries),
                             require_full_coverage=False, redis_connect_func=_on_connect_cluster, **kwargs)
     except RedisClusterException as exc:  # not a RedisError: the loops would not catch it
-        raise redis.ConnectionError(f"no node of the cluster answered ({_first_line(exc)})") from None
+        raise rexc.ConnectionError(f"no node of the cluster answered ({_first_line(exc)})") from None
 
 
-class _Cluster(RedisCluster):
+@cache
+def _cluster_class() -> type:
     """redis-py's cluster client, whose own refusals (keys of several slots in one command, no key
     to route by, no node reachable) are RedisClusterException, not a RedisError: here they are
-    RedisErrors, so every loop and command that handles Redis errors handles them too."""
+    RedisErrors, so every loop and command that handles Redis errors handles them too. (Made on
+    first use: redis.cluster is all of redis-py's client stack.)"""
+    from redis.cluster import RedisCluster
 
-    def execute_command(self, *args, **kwargs):
-        try:
-            return super().execute_command(*args, **kwargs)
-        except RedisClusterException as exc:
-            if "cannot be connected" in str(exc):
-                raise redis.ConnectionError(f"no node of the cluster answered ({_first_line(exc)})") from None
-            if "same key slot" in str(exc) or "same slot" in str(exc):
-                raise redis.exceptions.ClusterCrossSlotError(_first_line(exc)) from None
-            raise ClusterRefused(_first_line(exc)) from None
+    class _Cluster(RedisCluster):
+        def execute_command(self, *args, **kwargs):
+            try:
+                return super().execute_command(*args, **kwargs)
+            except RedisClusterException as exc:
+                if "cannot be connected" in str(exc):
+                    raise rexc.ConnectionError(f"no node of the cluster answered ({_first_line(exc)})") from None
+                if "same key slot" in str(exc) or "same slot" in str(exc):
+                    raise rexc.ClusterCrossSlotError(_first_line(exc)) from None
+                raise ClusterRefused(_first_line(exc)) from None
+
+    return _Cluster
 
 
-class ClusterRefused(redis.ResponseError):
+class ClusterRefused(rexc.ResponseError):
     """redis-py refused to send a command to a cluster (it cannot route it)."""
 
 
@@ -229,7 +302,7 @@ def ping_cluster(client) -> bool:
     try:
         client.nodes_manager.initialize()
     except RedisClusterException as exc:
-        raise redis.ConnectionError(f"no node of the cluster answered ({_first_line(exc)})") from None
+        raise rexc.ConnectionError(f"no node of the cluster answered ({_first_line(exc)})") from None
     for node in client.get_primaries():
         client.get_redis_connection(node).ping()
     return True
@@ -263,9 +336,10 @@ def error_text(exc: BaseException) -> str:
     """A redis-py error as one short line for the operator. (MasterNotFoundError lists the repr
     of every sentinel client it tried: the line names the master and says none answered.)"""
     text = str(exc)
-    if isinstance(exc, MasterNotFoundError) and " : " in text:
+    sentinel = sys.modules.get("redis.sentinel")  # not loaded: nobody asked a sentinel
+    if sentinel is not None and isinstance(exc, sentinel.MasterNotFoundError) and " : " in text:
         return text.split(" : ", 1)[0] + ": no sentinel in the URL answered"
-    if isinstance(exc, redis.exceptions.ClusterCrossSlotError):
+    if isinstance(exc, rexc.ClusterCrossSlotError):
         return ("CROSSSLOT: keys in one command or script hash to different slots "
                 "(on Redis Cluster they must share one: a {hash tag})")
     if isinstance(exc, RedisClusterException):
@@ -281,13 +355,13 @@ SPIN_BACKOFF = 100  # ...for this many calls
 
 # Replies that mean "not now": the server cannot write (maxmemory with noeviction, a replica
 # after a failover, a script running too long, a cluster slot moving), but will again.
-_NOT_NOW = (redis.exceptions.OutOfMemoryError, redis.exceptions.ReadOnlyError, redis.exceptions.TryAgainError,
-            redis.exceptions.ClusterDownError)
+_NOT_NOW = (rexc.OutOfMemoryError, rexc.ReadOnlyError, rexc.TryAgainError,
+            rexc.ClusterDownError)
 _NOT_NOW_PREFIXES = ("BUSY", "NOREPLICAS", "MASTERDOWN", "LOADING", "UNBLOCKED")
 
 
 def refused_for_now(exc: BaseException) -> bool:
-    return isinstance(exc, _NOT_NOW) or (isinstance(exc, redis.ResponseError)
+    return isinstance(exc, _NOT_NOW) or (isinstance(exc, rexc.ResponseError)
                                          and str(exc).startswith(_NOT_NOW_PREFIXES))
 
 
@@ -326,6 +400,35 @@ def pack(args) -> bytes:
     return b"".join(out)
 
 
+def subscriber(client):
+    """A pub/sub connection of its own (`subscribe`, `get_message`, `close`, `connection`):
+    qdeploy's `resp.Subscriber` on a plain server, redis-py's PubSub elsewhere."""
+    own = client.own_connection() if isinstance(client, LazyClient) else None
+    if own is None:
+        return client.pubsub(ignore_subscribe_messages=False)
+    return resp.Subscriber(resp.Connection(**own))
+
+
+def _plain_pool(client) -> bool:
+    import redis
+
+    return type(client.connection_pool) is redis.ConnectionPool
+
+
+class Script:
+    """A Lua script for a hot path: EVALSHA, and EVAL where the server lost its script cache
+    (`HotPath.evalsha`); called as redis-py's Script is, `script(keys=[...], args=[...])`."""
+
+    __slots__ = ("hot", "script", "sha")
+
+    def __init__(self, hot: HotPath, source: str):
+        self.hot, self.script = hot, source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+    def __call__(self, keys=(), args=()):
+        return self.hot.evalsha(self, len(keys), *keys, *args)
+
+
 def hot_path(client, wait: tuple[int, int] | None = None) -> HotPath:
     """The hot path for a client: `ClusterHotPath` for Redis Cluster, `HotPath` otherwise."""
     return ClusterHotPath(client, wait) if is_cluster(client) else HotPath(client, wait)
@@ -335,7 +438,10 @@ WAIT_WARN_EVERY = 60.0  # seconds between two log lines about acks that were not
 
 
 class HotPath:
-    """Per-thread connections of one client, kept out of its pool.
+    """Per-thread connections of one client, kept out of its pool: qdeploy's own
+    (`resp.Connection`) over a `LazyClient` of a plain server, redis-py's otherwise (TLS; a
+    redis-py client given by the caller). Replies are raw RESP2 as redis-py's connections give
+    them, except through Sentinel (not `direct`), where a command goes through the client.
 
     `wait` = (replicas, timeout ms): a command sent with `durable=` is followed by `WAIT replicas
     timeout` in the same round trip (one write of both, two replies). `durable="raise"` (a
@@ -346,13 +452,14 @@ class HotPath:
         """A cluster client gets the cluster's hot path, whoever builds one."""
         return super().__new__(ClusterHotPath if cls is HotPath and is_cluster(client) else cls)
 
-    def __init__(self, client: redis.Redis, wait: tuple[int, int] | None = None):
+    def __init__(self, client: Client | LazyClient, wait: tuple[int, int] | None = None):
         self.client = client
         self.wait = wait
         self.unreplicated = 0  # durable="warn" writes fewer replicas than asked confirmed in time
         self._warned_at = 0.0
+        self._own = client.own_connection() if isinstance(client, LazyClient) else None
         # A plain pool's connections all go to one server; others (Sentinel) route per command.
-        self.direct = type(client.connection_pool) is redis.ConnectionPool
+        self.direct = self._own is not None or _plain_pool(client)
         self._local = threading.local()  # per thread: its connection, and the pid that made it
         self._spin_misses = self._spin_backoff = 0
         self._for_child: list = []  # unconnected connections for the next child (`prepare_fork`)
@@ -381,7 +488,7 @@ class HotPath:
         conn = pool.get_connection()
         try:
             return once(conn)
-        except redis.ResponseError:
+        except rexc.ResponseError:
             raise
         except BaseException:
             conn.disconnect()
@@ -396,7 +503,7 @@ class HotPath:
             return conn.read_response()
         try:
             reply = conn.read_response()
-        except redis.ResponseError as exc:
+        except rexc.ResponseError as exc:
             conn.read_response()
             raise exc from None
         self._check_replicas(conn.read_response(), waits, durable)
@@ -418,7 +525,7 @@ class HotPath:
         the same connection, which caches the script there again."""
         try:
             return self.command("EVALSHA", script.sha, *args, spin=spin, durable=durable)
-        except redis.exceptions.NoScriptError:
+        except rexc.NoScriptError:
             return self.command("EVAL", script.script, *args, spin=spin, durable=durable)
 
     def transaction(self, commands: list[tuple], durable: str = "") -> list:
@@ -432,6 +539,26 @@ class HotPath:
         once = lambda conn: self._multi(conn, commands, waits, durable)  # noqa: E731
         return self._round_trip(once) if self.direct else self._pooled(once)
 
+    def pipeline(self, commands: list[tuple]) -> list:
+        """`commands` in one round trip, not atomic: each reply in its place, an error reply as
+        its exception object (the rest still ran)."""
+        if not self.direct:
+            pipe = self.client.pipeline(transaction=False)
+            for command in commands:
+                pipe.execute_command(*command)
+            return pipe.execute(raise_on_error=False)
+
+        def once(conn):
+            conn.send_packed_command([b"".join(map(pack, commands))])
+            out: list = []
+            for _ in commands:
+                try:
+                    out.append(conn.read_response())
+                except rexc.ResponseError as exc:
+                    out.append(exc)
+            return out
+        return self._round_trip(once)
+
     def _multi(self, conn, commands: list[tuple], waits, durable: str):
         tail = [("WAIT", *waits)] if waits else []
         conn.send_packed_command([b"".join(map(pack, [("MULTI",), *commands, ("EXEC",), *tail]))])
@@ -439,11 +566,11 @@ class HotPath:
         for _ in range(len(commands) + 1):  # +OK for MULTI, +QUEUED (or an error) per command
             try:
                 conn.read_response(disable_decoding=True)
-            except redis.ResponseError as exc:
+            except rexc.ResponseError as exc:
                 refused.append(exc)
         try:
             result = conn.read_response()
-        except redis.ResponseError as exc:  # EXECABORT: a command was refused, nothing ran
+        except rexc.ResponseError as exc:  # EXECABORT: a command was refused, nothing ran
             if waits:
                 conn.read_response()
             raise (refused or [exc])[0] from None
@@ -483,7 +610,7 @@ class HotPath:
         conn = self._connection()
         try:
             return conn.retry.call_with_retry(lambda: once(conn), lambda _error: conn.disconnect())
-        except redis.ResponseError:
+        except rexc.ResponseError:
             raise  # a complete error reply: the connection is still in step
         except BaseException:
             conn.disconnect()
@@ -499,9 +626,11 @@ class HotPath:
         return conn
 
     def _new_connection(self):
-        """A connection configured like the pool's, but not counted by it: the pool's
-        max_connections (100 in redis-py 8) is for its own checkouts, and a thread's connection
-        is closed when the thread ends."""
+        """qdeploy's own connection, or one configured like the pool's but not counted by it:
+        the pool's max_connections (100 in redis-py 8) is for its own checkouts, and a thread's
+        connection is closed when the thread ends."""
+        if self._own is not None:
+            return resp.Connection(**self._own)
         pool = self.client.connection_pool
         return pool.connection_class(**pool.connection_kwargs)
 
@@ -511,14 +640,14 @@ class HotPath:
         if self.direct:
             try:
                 self._connection().connect()
-            except (redis.ConnectionError, redis.TimeoutError, OSError):
+            except (rexc.ConnectionError, rexc.TimeoutError, OSError):
                 pass
 
     def prepare_fork(self, connections: int) -> None:
         """Hand the next forked child `connections` unconnected connection objects. Building
-        one costs redis-py ~0.4 ms, and in a child ~230 copy-on-write page faults (about 1 ms
-        of a recycled child's life). These are built once and never connected in this process,
-        so every child gets a pristine copy of them through fork."""
+        one of redis-py's costs ~0.4 ms, and in a child ~230 copy-on-write page faults (about
+        1 ms of a recycled child's life). These are built once and never connected in this
+        process, so every child gets a pristine copy of them through fork."""
         while len(self._templates) < connections:
             self._templates.append(self._new_connection())
         self._for_child, self._for_child_by = self._templates[:connections], os.getpid()
@@ -539,7 +668,7 @@ def _routing_key(args) -> str | bytes:
     name = args[0].upper() if isinstance(args[0], str) else args[0].decode().upper()
     if name in ("EVAL", "EVALSHA"):
         if int(args[2]) < 1:  # it derives its keys itself: on a cluster they may be anywhere
-            raise redis.ResponseError("CROSSSLOT a script that declares no keys cannot run on Redis Cluster "
+            raise rexc.ResponseError("CROSSSLOT a script that declares no keys cannot run on Redis Cluster "
                                       "(every key a script touches must be in KEYS, in one hash slot)")
         return args[3]
     return args[1]
@@ -591,6 +720,16 @@ class ClusterHotPath(HotPath):
             out += self._routed(group[0][1], lambda conn, g=group: self._multi(conn, g, waits, durable), multi=True)
         return out
 
+    def pipeline(self, commands: list[tuple]) -> list:
+        """Each command to its own slot's node, one after another (not one round trip)."""
+        out: list = []
+        for command in commands:
+            try:
+                out.append(self.command(*command))
+            except rexc.ResponseError as exc:
+                out.append(exc)
+        return out
+
     def _routed(self, key, once, multi: bool = False):
         slot = slot_of(key)
         node, asking, failures = None, False, 0
@@ -619,9 +758,9 @@ class ClusterHotPath(HotPath):
                 self.redirected["tryagain"] += 1
                 time.sleep(0.05)
                 node, asking = None, False
-            except redis.ResponseError:
+            except rexc.ResponseError:
                 raise  # a complete error reply: the connection is in step
-            except (redis.ConnectionError, redis.TimeoutError, OSError):
+            except (rexc.ConnectionError, rexc.TimeoutError, OSError):
                 conn.disconnect()
                 self._stale = True
                 failures += 1
@@ -632,20 +771,20 @@ class ClusterHotPath(HotPath):
             except BaseException:
                 conn.disconnect()
                 raise
-        raise redis.exceptions.ClusterDownError(f"slot {slot}: still redirected after {REDIRECTS} tries")
+        raise rexc.ClusterDownError(f"slot {slot}: still redirected after {REDIRECTS} tries")
 
     def _node_for(self, slot: int):
         try:
             return self.client.nodes_manager.get_node_from_slot(slot)
         except RedisClusterException:  # SlotNotCoveredError: mid-failover; the loops wait it out
             self._stale = True
-            raise redis.exceptions.ClusterDownError(f"slot {slot} is not served by any node now") from None
+            raise rexc.ClusterDownError(f"slot {slot} is not served by any node now") from None
 
     def _refresh(self) -> None:
         try:
             self.client.nodes_manager.initialize()
         except RedisClusterException as exc:
-            raise redis.ConnectionError(f"no node of the cluster answered ({_first_line(exc)})") from None
+            raise rexc.ConnectionError(f"no node of the cluster answered ({_first_line(exc)})") from None
         self._stale = False
         self.redirected["refresh"] += 1
 

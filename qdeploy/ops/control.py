@@ -29,7 +29,7 @@ import weakref
 from dataclasses import dataclass, field
 
 from qdeploy.core.app import parse_rate
-from qdeploy.core.connection import BROKER_DOWN, REDIS_PY_VERSION, RedisError, socket_of
+from qdeploy.core.connection import BROKER_DOWN, RedisError, redis_py_version, socket_of, subscriber
 from qdeploy.generator.datatypes import NODE_NAME
 from qdeploy.ops import fleet
 from qdeploy.service.daemon import rss_kib
@@ -134,14 +134,14 @@ class ControlServer:
         try:
             # subscribe confirmations are read and skipped below: an ignored one makes get_message
             # return None as if nothing were there, leaving a message behind it in the buffer
-            pubsub = self.master.broker.client.pubsub(ignore_subscribe_messages=False)
+            pubsub = subscriber(self.master.broker.client)
             pubsub.subscribe(self.keys.control)
             sock = socket_of(pubsub.connection)  # what the selector watches
             if sock is None:
                 pubsub.close()
                 self.retry_at = float("inf")  # no retrying: this redis-py will not grow one
                 log.error("control channel disabled: redis-py %s does not expose its connection's socket; "
-                          "this node will not answer inspect/control", REDIS_PY_VERSION)
+                          "this node will not answer inspect/control", redis_py_version())
                 return
             self.fd = sock.fileno()
             self.master.selector.register(self.fd, selectors.EVENT_READ, self)
@@ -212,9 +212,9 @@ class ControlServer:
         rid = data.decode(errors="replace") if isinstance(data, bytes) else str(data)
         if not REQUEST_ID.fullmatch(rid):
             return
-        client = self.master.broker.client
+        fast = self.master.broker.fast
         try:
-            req = parse_request(client.get(self.keys.control_request(rid)))
+            req = parse_request(fast.command("GET", self.keys.control_request(rid)))
         except ValueError as exc:
             if str(exc) != "expired":
                 log.warning("ignoring control request %s: %s", rid, exc)
@@ -231,10 +231,8 @@ class ControlServer:
             reply = {"ok": False, "error": str(exc)}
         reply.update(owner=opts.owner, node=opts.node, cmd=req["cmd"])
         try:
-            pipe = client.pipeline(transaction=True)
-            pipe.rpush(self.keys.control_reply(rid), json.dumps(reply, default=str))
-            pipe.expire(self.keys.control_reply(rid), REPLY_TTL)
-            pipe.execute()
+            fast.transaction([("RPUSH", self.keys.control_reply(rid), json.dumps(reply, default=str)),
+                              ("EXPIRE", self.keys.control_reply(rid), REPLY_TTL)])
         except _DOWN + (RedisError,) as exc:
             log.warning("cannot reply to control request %s: %s", rid, exc)
         if req["cmd"] == "shutdown" and reply["ok"]:

@@ -82,14 +82,7 @@ class EventPublisher:
             return
         batch, self.pending = self.pending, []
         try:
-            if getattr(self.broker, "cluster", False):  # a cluster pipeline refuses PUBLISH
-                for event in batch:
-                    self.broker.client.publish(self.channel, event)
-            else:
-                pipe = self.broker.client.pipeline(transaction=False)
-                for event in batch:
-                    pipe.publish(self.channel, event)
-                pipe.execute()
+            self.broker.fast.pipeline([("PUBLISH", self.channel, event) for event in batch])
         except _DOWN as exc:
             if not self.failing:
                 log.warning("events: cannot publish (%s); dropping events until the broker answers", exc)
@@ -130,7 +123,7 @@ def send_sent_events(app) -> None:
         if event is None:
             return
         try:
-            app.transport.client.publish(channel(app.transport.keys), json.dumps(event, default=str))
+            app.transport.fast.command("PUBLISH", channel(app.transport.keys), json.dumps(event, default=str))
         except _DOWN as exc:
             log.debug("events: task-sent not published (%s)", exc)
 

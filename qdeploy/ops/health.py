@@ -70,7 +70,7 @@ def check(broker, owner: str, host: str | None = None, now: float | None = None)
     import socket
 
     try:
-        raw = broker.client.get(broker.keys.heartbeat(owner))
+        raw = broker.fast.command("GET", broker.keys.heartbeat(owner))
     except BROKER_DOWN + (RedisError, OSError) as exc:
         return f"broker unreachable: {exc}"
     if raw is None:

@@ -28,7 +28,7 @@ import logging
 import time
 from collections import deque
 
-from qdeploy.core.connection import BROKER_DOWN, HotPath, RedisError, ResponseError, connect, refused_for_now
+from qdeploy.core.connection import BROKER_DOWN, HotPath, RedisError, ResponseError, Script, connect, refused_for_now
 from qdeploy.ops import history
 from qdeploy.ops.metrics import BUCKETS, MAX_TASK_NAMES
 
@@ -67,8 +67,7 @@ class HistoryWriter:
         self.names: set[str] = set()  # task names in the per-minute counters (bounded like metrics')
         self.floor = -1  # run time (us) a task must beat to enter the slowest set (history.lua says)
         self._hot: HotPath | None = None
-        self._client = None
-        self._script = None
+        self._script: Script | None = None
 
     # -- what the master saw -----------------------------------------------------------------
     def started(self, child, task) -> None:
@@ -97,9 +96,8 @@ class HistoryWriter:
         if not self.enabled or not self.keep_args or task.call:
             return
         try:
-            client = self._store_client()
             msgs = self.broker.keys.of(task.queue).msg  # its queue's (on Redis Cluster: in the queue's slot)
-            raw = client.hget(msgs, task.id) if client is not None else None
+            raw = self._store().command("HGET", msgs, task.id)
             env = json.loads(raw) if raw else None
             if isinstance(env, dict) and isinstance(env.get("args"), list) and isinstance(env.get("kwargs"), dict):
                 call = json.dumps([env["args"], env["kwargs"]], separators=(",", ":"), ensure_ascii=True)
@@ -181,18 +179,18 @@ class HistoryWriter:
             log.info("history: writing again%s", f" ({self.dropped} record(s) were dropped)" if self.dropped else "")
             self.failing, self.dropped = False, 0
 
-    def _store_client(self):
+    def _store(self) -> HotPath:
+        """The writer's own connection (a slow batch never holds up the master's heartbeat)."""
         if self._hot is None:
-            self._client = connect(self.broker.url, retries=0, socket_timeout=TIMEOUT, connect_timeout=TIMEOUT)
-            self._hot, self._script = HotPath(self._client), self._client.register_script(history.lua_source())
-        return self._client
+            self._hot = HotPath(connect(self.broker.url, retries=0, socket_timeout=TIMEOUT, connect_timeout=TIMEOUT))
+            self._script = Script(self._hot, history.lua_source())
+        return self._hot
 
     def _send(self, records: list, increments: list) -> None:
-        self._store_client()
-        assert self._hot is not None
+        hot = self._store()
         ns = self.broker.ns
-        reply = self._hot.evalsha(self._script, 4, *history.script_keys(ns),
-                                  *history.script_args(ns, self.cap, records, increments, self.floor))
+        reply = hot.evalsha(self._script, 4, *history.script_keys(ns),
+                            *history.script_args(ns, self.cap, records, increments, self.floor))
         try:
             self.floor = int(float(reply[2]))
         except (TypeError, ValueError, IndexError):

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from qdeploy import _imports
 from qdeploy.core.app import AppImportError, load_app
 from qdeploy.core.broker import Broker
 from qdeploy.core.connection import BrokerURLError, RedisError, connect, error_text, redact
@@ -210,6 +211,19 @@ def check_paths(opts) -> daemon.BootPaths:
     return paths
 
 
+def load_what_the_user_cannot_read(target: daemon.Identity, broker: Broker | None) -> None:
+    """redis-py's client stack is loaded, and the broker's redis-py client made, on first use
+    (qdeploy/_imports.py, connection.LazyClient), which may come after the privilege drop (a
+    task's `AsyncResult.get`, `/metrics`' queue depths, `-B`): both are done now if the service
+    user could not read redis-py or the standard library (which redis-py imports from) then."""
+    package = _imports.package_path("redis")
+    if not package or daemon.readable_as(target, [*package, os.path.dirname(os.__file__)]):
+        return
+    _imports.load("redis")
+    if broker is not None:
+        getattr(broker.client, "real", None)  # a LazyClient makes its client
+
+
 def connect_broker(app) -> Broker:
     """The service's one Broker, connected before privileges are dropped (everything it imports
     is loaded then), with short timeouts so a Redis outage never stalls a loop. The worker's
@@ -217,16 +231,17 @@ def connect_broker(app) -> Broker:
     retries=0: the loops handle reconnects (and their at-least-once consequences) themselves."""
     url = app.broker_url
     try:
-        client = connect(url, retries=0, socket_timeout=3.0)
-        client.ping()
+        broker = app.connect_broker(client=connect(url, retries=0, socket_timeout=3.0))
+        broker.ping()
     except BrokerURLError as exc:
         raise BootError(str(exc), EX_USAGE) from None
     except (RedisError, OSError) as exc:
         raise BootError(f"cannot reach broker {redact(url)}: {error_text(exc)}", EX_UNAVAILABLE) from None
-    return app.connect_broker(client=client)
+    return broker
 
 
-def become(target: daemon.Identity | None, allow_root: bool, what: str) -> None:
+def become(target: daemon.Identity | None, allow_root: bool, what: str, broker: Broker | None = None) -> None:
     if target:
+        load_what_the_user_cannot_read(target, broker)
         daemon.drop_privileges(target)
     daemon.refuse_root(allow_root, what)

@@ -65,7 +65,8 @@ class Autoscaler:
 
 def backlog(broker, queues: list[str]) -> int:
     """Tasks ready in `queues` (not those waiting for their ETA), in one round trip."""
-    pipe = broker.client.pipeline(transaction=False)
-    for queue in queues:
-        pipe.llen(broker.keys.queue(queue))
-    return sum(int(n or 0) for n in pipe.execute())
+    replies = broker.fast.pipeline([("LLEN", broker.keys.queue(queue)) for queue in queues])
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return sum(int(n or 0) for n in replies)

@@ -45,7 +45,7 @@ def run(opts: WorkerOptions) -> int:
         lease = NodeLease(broker, opts.owner, app.visibility_timeout)
         lease.take()  # before anything else: a second master of this node must not start
         _preload_metrics(opts.metrics_port)
-        service.become(target, opts.allow_root, "tasks")
+        service.become(target, opts.allow_root, "tasks", broker)
         if opts.pool == "solo":
             return _solo(app, opts, broker, lease, notifier, readiness)
         return Master(app, opts, broker, notifier, readiness, pidfile, lease).run()

@@ -95,7 +95,7 @@ class QueueGuard:
         found = False
         for queue in self.usable():
             wrong = [(key, kind) for key, expected in ((broker.keys.queue(queue), "list"), (broker.keys.eta(queue), "zset"))
-                     if (kind := connection.text(broker.client.type(key))) not in (expected, "none")]
+                     if (kind := connection.text(broker.fast.command("TYPE", key))) not in (expected, "none")]
             if wrong:
                 found = True
                 self.broken[queue] = time.monotonic() + self.RECHECK
@@ -404,7 +404,8 @@ class Consumer:
         if not ops:
             return None
         for op in ops:
-            if isinstance(op, workflow.ChordPart) and not self.broker.client.hexists(self.broker.keys.chord(op.group_id), " n"):
+            if isinstance(op, workflow.ChordPart) and not self.broker.fast.command(
+                    "HEXISTS", self.broker.keys.chord(op.group_id), " n"):
                 log.warning("task %s reports to chord %s, which does not exist (expired, finished or never created): "
                             "its own result is kept, no chord body runs for it", op.task_id, op.group_id)
         return workflow.encode_ops(self.app, ops)

@@ -1,5 +1,5 @@
 """Start-up cost guards, each in a fresh interpreter: what a worker imports, and the deferred
-`redis.asyncio` package still working for code that uses it."""
+`redis` and `redis.asyncio` packages still working for code that uses them."""
 
 import subprocess
 import sys
@@ -11,10 +11,47 @@ def run(code: str) -> str:
     return done.stdout.strip()
 
 
-def test_a_worker_does_not_load_the_asyncio_client_or_psutil():
+def test_a_worker_does_not_load_redis_py_s_clients_or_psutil():
     out = run("import sys, qdeploy.worker.boot, qdeploy.cli.worker\n"
-              "print(sorted(m for m in ('redis.asyncio.client', 'psutil') if m in sys.modules))")
+              "print(sorted(m for m in ('redis.asyncio.client', 'redis.client', 'redis.connection', 'psutil')"
+              " if m in sys.modules))")
     assert out == "[]"
+
+
+def test_redis_py_loads_on_first_use_of_one_of_its_names():
+    out = run("import sys, qdeploy.core.broker\n"
+              "from redis import exceptions\n"  # a submodule: alone
+              "import redis, redis.retry\n"
+              "before = 'redis.client' in sys.modules\n"
+              "from redis import Redis\n"
+              "print(before, Redis.__module__, exceptions.RedisError is redis.RedisError, bool(redis.__version__),"
+              " type(redis).__name__, hasattr(redis, 'NoSuchName'))")
+    assert out == "False redis.client True True _DeferredPackage False"
+
+
+def test_threads_asking_for_redis_py_at_once_all_get_it():
+    out = run("import threading, qdeploy, redis\n"
+              "got, start = [], threading.Barrier(8)\n"
+              "def ask():\n"
+              "    start.wait()\n"
+              "    got.append(redis.Redis.__name__)\n"
+              "threads = [threading.Thread(target=ask) for _ in range(8)]\n"
+              "for t in threads: t.start()\n"
+              "for t in threads: t.join()\n"
+              "print(sorted(set(got)), len(got))")
+    assert out == "['Redis'] 8"
+
+
+def test_a_redis_py_that_fails_to_load_says_so_every_time():
+    out = run("import qdeploy, redis\n"
+              "def boom(module): raise ImportError('No module named secrets')\n"
+              "redis.__spec__.loader.exec_module = boom\n"
+              "for _ in range(2):\n"
+              "    try:\n"
+              "        redis.Redis\n"
+              "    except ImportError as exc:\n"
+              "        print(exc)")
+    assert out == "No module named secrets\nredis could not be loaded: No module named secrets"
 
 
 def test_redis_asyncio_still_works_for_code_that_uses_it():

@@ -384,11 +384,14 @@ def test_a_sigstopped_child_is_unhealthy_whatever_it_does():
     assert health.proc_state(pid) == ""
 
 
-class FakeClient:
+class FakeHotPath:
+    """What `health.check` asks of a broker's hot path: one GET."""
+
     def __init__(self, value=None, error=None):
         self.value, self.error = value, error
 
-    def get(self, key):
+    def command(self, name, key):
+        assert name == "GET"
         if self.error:
             raise self.error
         return self.value
@@ -397,7 +400,7 @@ class FakeClient:
 def broker_with(value=None, error=None):
     from qdeploy.core.keys import Keys
 
-    return SimpleNamespace(client=FakeClient(value, error), keys=Keys("ns"))
+    return SimpleNamespace(fast=FakeHotPath(value, error), keys=Keys("ns"))
 
 
 def test_the_cli_check_reads_the_heartbeat():
@@ -443,18 +446,16 @@ def test_task_sent_is_built_from_what_the_publish_signal_carries():
 
 
 def test_the_publisher_builds_nothing_when_off_and_batches_when_on():
-    published = []
+    published, batches = [], []
 
-    class Pipe:
-        def publish(self, channel, event):
-            published.append((channel, json.loads(event)))
-
-        def execute(self):
-            pass
+    def pipeline(commands):
+        batches.append(len(commands))
+        published.extend((channel, json.loads(event)) for name, channel, event in commands if name == "PUBLISH")
+        return [1] * len(commands)
 
     from qdeploy.core.keys import Keys
 
-    broker = SimpleNamespace(keys=Keys("ns"), client=SimpleNamespace(pipeline=lambda transaction: Pipe()))
+    broker = SimpleNamespace(keys=Keys("ns"), fast=SimpleNamespace(pipeline=pipeline))
     pub = events.EventPublisher(broker, "w1@h")
     pub.emit("task-started", uuid="x")
     assert pub.pending == []
@@ -463,7 +464,7 @@ def test_the_publisher_builds_nothing_when_off_and_batches_when_on():
     pub.emit("task-succeeded", uuid="x", runtime=0.1)
     pub.flush()
     assert [e["type"] for _, e in published] == ["task-started", "task-succeeded"] and published[0][0] == "ns:ev"
-    assert published[0][1]["hostname"] == "w1@h" and pub.pending == []
+    assert published[0][1]["hostname"] == "w1@h" and pub.pending == [] and batches == [2]  # one round trip
 
 
 def test_the_top_view_shows_workers_and_tasks():
@@ -562,8 +563,11 @@ def test_send_sent_events_publishes_on_after_task_publish_until_stopped():
     from qdeploy.core.keys import Keys
 
     published = []
-    client = SimpleNamespace(publish=lambda channel, event: published.append((channel, json.loads(event))))
-    app = SimpleNamespace(transport=SimpleNamespace(client=client, keys=Keys("ns")))
+    def command(name, channel, event):
+        assert name == "PUBLISH"
+        published.append((channel, json.loads(event)))
+
+    app = SimpleNamespace(transport=SimpleNamespace(fast=SimpleNamespace(command=command), keys=Keys("ns")))
     events.send_sent_events(app)
     try:
         signals.after_task_publish.send(sender="t.add", body=([1], {}, {}), exchange="", routing_key="q",
