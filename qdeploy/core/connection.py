@@ -1,5 +1,6 @@
-"""The only module that knows redis-py: URLs become clients here, the hot path's own connection
-lives here, and every other module takes redis-py's exceptions from here.
+"""With `resp` (qdeploy's own connection), the only module that knows redis-py: URLs become
+clients here, the hot path lives here, and every other module takes redis-py's exceptions from
+here. redis-py's client stack is loaded only when a `LazyClient` is first used (_imports.py).
 
 * `connect(url)` / `client_for(BrokerURL)`: the one place a URL becomes a client, one branch per
   topology (a Redis Cluster scheme adds its branch here and its row in `urls.SCHEMES`). The URL

@@ -246,56 +246,58 @@ class Connection:
             raise RedisConnectionError("Connection closed by server.")
         self._buf += chunk  # never compacted mid-reply: a Subscriber may rewind to its start
 
-    def _line(self) -> bytes:
-        buf = self._buf
-        end = buf.find(b"\r\n", self._pos)
+    def _line_end(self) -> int:
+        """Where the line at `_pos` ends (its CR), reading more until it is all here."""
+        end = self._buf.find(b"\r\n", self._pos)
         while end < 0:
-            if len(buf) - self._pos > MAX_LINE:
+            if len(self._buf) - self._pos > MAX_LINE:
                 raise InvalidResponse(f"Protocol error: a line of over {MAX_LINE} bytes")
-            seen = len(buf)
+            seen = len(self._buf)
             self._fill()
-            buf = self._buf
-            end = buf.find(b"\r\n", max(self._pos, seen - 1))
-        line = bytes(buf[self._pos:end])
-        self._pos = end + 2
-        return line
-
-    def _bulk(self, size: int) -> bytes:
-        while len(self._buf) - self._pos < size + 2:
-            self._fill()
-        start, end = self._pos, self._pos + size
-        if self._buf[end:end + 2] != b"\r\n":
-            raise InvalidResponse("Protocol error: a bulk string longer than its length")
-        self._pos = end + 2
-        return bytes(self._buf[start:end])
+            end = self._buf.find(b"\r\n", max(self._pos, seen - 1))
+        return end
 
     def _reply(self, depth: int) -> Any:
-        line = self._line()
-        kind, rest = line[:1], line[1:]
-        if kind == b"$":
-            size = _length(rest, MAX_BULK)
-            return None if size < 0 else self._bulk(size)
-        if kind == b":":
-            return _length(rest, None)
-        if kind == b"*":
-            size = _length(rest, MAX_ARRAY)
+        end = self._line_end()
+        buf, pos = self._buf, self._pos
+        kind, rest = buf[pos], buf[pos + 1:end]
+        self._pos = end + 2
+        if kind == 36:  # $: a bulk string
+            size = int(rest) if rest.isdigit() and len(rest) < 10 else _length(rest, MAX_BULK)
+            if size < 0:
+                return None
+            if size > MAX_BULK:
+                raise InvalidResponse(f"Protocol error: a length of {size}")
+            start, stop = end + 2, end + 2 + size
+            while len(self._buf) < stop + 2:
+                self._fill()
+            buf = self._buf
+            if buf[stop:stop + 2] != b"\r\n":
+                raise InvalidResponse("Protocol error: a bulk string longer than its length")
+            self._pos = stop + 2
+            return bytes(buf[start:stop])
+        if kind == 42:  # *: an array
+            size = int(rest) if rest.isdigit() and len(rest) < 10 else _length(rest, MAX_ARRAY)
             if size < 0:
                 return None
             if depth >= MAX_DEPTH:
                 raise InvalidResponse(f"Protocol error: arrays nested over {MAX_DEPTH} deep")
             return [self._reply(depth + 1) for _ in range(size)]
-        if kind == b"+":
-            return rest
-        if kind == b"-":
-            return error_of(rest)
-        raise InvalidResponse(f"Protocol error: unexpected reply {line[:40]!r}")
+        if kind == 58:  # :
+            return int(rest) if rest.isdigit() and len(rest) < 19 else _length(rest, None)
+        if kind == 43:  # +
+            return bytes(rest)
+        if kind == 45:  # -
+            return error_of(bytes(rest))
+        raise InvalidResponse(f"Protocol error: unexpected reply {bytes(buf[pos:min(end, pos + 40)])!r}")
 
 
-def _length(text: bytes, most: int | None) -> int:
-    """An integer reply, or a length (-1: nil; most: the largest accepted)."""
+def _length(text: bytes | bytearray, most: int | None) -> int:
+    """An integer reply, or a length (-1: nil; most: the largest accepted): the slow path, for
+    negative and long numbers and for what is not a number."""
     digits = text[1:] if text[:1] == b"-" else text
     if not digits.isdigit() or len(digits) > 20:
-        raise InvalidResponse(f"Protocol error: not a number: {text[:40]!r}")
+        raise InvalidResponse(f"Protocol error: not a number: {bytes(text[:40])!r}")
     value = int(text)
     if most is not None and (value < -1 or value > most):
         raise InvalidResponse(f"Protocol error: a length of {value}")
