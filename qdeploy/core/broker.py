@@ -14,12 +14,13 @@ import json
 import time
 from dataclasses import dataclass
 from functools import cache
-from importlib import resources
+from pathlib import Path
 
 from qdeploy.core.connection import BrokerURL, Client, Script, connect, hot_path, is_cluster, text
 from qdeploy.core.keys import LUA_KEYS, Keys, lua_helpers
 
 _INCLUDE = "-- include: "
+LUA = Path(__file__).with_name("lua")  # read as a path: importlib.resources costs a worker ~2 MiB of imports
 SWEEP_EVERY = 1.0  # seconds between two dead-node sweeps of the masters, fleet-wide (recover_dead)
 
 
@@ -36,7 +37,7 @@ def lua(name: str) -> str:
 @cache
 def _expanded(name: str) -> str:
     lines = []
-    for line in resources.files("qdeploy.core").joinpath("lua", f"{name}.lua").read_text().splitlines():
+    for line in (LUA / f"{name}.lua").read_text().splitlines():
         head, _, included = line.partition(_INCLUDE)
         lines.append(_expanded(included.strip()).rstrip("\n") if included and not head.strip() else line)
     return "\n".join(lines) + "\n"

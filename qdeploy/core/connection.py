@@ -21,7 +21,6 @@ fails loudly when a redis-py release moves it (tests/unit/test_connection.py): `
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import logging
 import os
@@ -39,6 +38,11 @@ from redis.exceptions import AskError, MovedError, RedisClusterException, TryAga
 from redis.retry import Retry
 
 from qdeploy.core import resp
+
+try:  # CPython's own SHA-1: hashlib would map OpenSSL's libcrypto (~3.7 MiB) into every worker process
+    from _sha1 import sha1
+except ImportError:  # another interpreter
+    from hashlib import sha1
 from qdeploy.core.resp import fill_stdio
 from qdeploy.core.urls import SCHEMES, BrokerURL, BrokerURLError, redact, redact_text
 
@@ -424,7 +428,7 @@ class Script:
 
     def __init__(self, hot: HotPath, source: str):
         self.hot, self.script = hot, source
-        self.sha = hashlib.sha1(source.encode()).hexdigest()
+        self.sha = sha1(source.encode()).hexdigest()
 
     def __call__(self, keys=(), args=()):
         return self.hot.evalsha(self, len(keys), *keys, *args)

@@ -11,7 +11,6 @@ beyond `unique_for`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from typing import TYPE_CHECKING, Any
 
@@ -42,5 +41,7 @@ def unique_key(app: App, task: Any, args, kwargs, unique_for: Any) -> str:
                               ensure_ascii=False, allow_nan=False)
         except (TypeError, ValueError) as exc:
             raise TypeError(f"task {name}: arguments must be JSON-serialisable ({exc})") from None
+        import hashlib  # here: hashlib maps OpenSSL's libcrypto (~3.7 MiB) into every process that imports it
+
         key = hashlib.sha256(text.encode()).hexdigest()[:32]
     return f"{name}:{key}"[:512]

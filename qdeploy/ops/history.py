@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import json
 import math
-from importlib import resources
+from pathlib import Path
 
 from qdeploy.core.message import TASK_ID
 
@@ -64,7 +64,7 @@ SLOW_MAX = 1_000  # the slowest tasks a run-time sort over the whole history pag
 
 # Read at import: a worker master imports this before it drops privileges, and writes the first
 # record after (the service user may not be able to read the package).
-_SOURCE = resources.files("qdeploy.ops").joinpath("history.lua").read_text()
+_SOURCE = Path(__file__).with_name("history.lua").read_text()
 
 
 def lua_source() -> str:
