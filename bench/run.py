@@ -191,7 +191,10 @@ class Bench:
             self.log(f"repeat {rep + 1}/{a.repeats} (load average {os.getloadavg()[0]:.2f})")
             systems = self.systems if rep % 2 == 0 else self.systems[::-1]
             for workload in ("drain", "mtpc1", "mtpc10", "enqueue", "startup", "latency"):
-                for system in systems:
+                # a start is ~0.2 s and its wall time moves most with the load: several per
+                # repeat, the systems taking turns (reversed every round)
+                rounds = a.starts if workload == "startup" else 1
+                for system in (s for r in range(rounds) for s in (systems if r % 2 == 0 else systems[::-1])):
                     for name, job in self.jobs(system, workload, only):
                         try:
                             result = job()
@@ -401,6 +404,8 @@ def main(argv=None) -> int:
     ap.add_argument("--only", default=",".join(WORKLOADS), help=f"comma list of {','.join(WORKLOADS)}")
     ap.add_argument("--systems", default="", help="comma list (default: qdeploy and every installed peer)")
     ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument("--starts", type=int, default=None,
+                    help="worker starts per repeat for the first-task row, the systems taking turns (default 5; --quick 1)")
     ap.add_argument("--tasks", type=int, default=None, help="drain size (default 20000)")
     ap.add_argument("--mtpc1-tasks", type=int, default=None, help="drain size with max-tasks-per-child=1 (default 2000)")
     ap.add_argument("--peer-tasks", type=int, default=None,
@@ -428,8 +433,8 @@ def main(argv=None) -> int:
             ap.error(str(exc))
         return run_growth(args)
     quick = args.quick
-    defaults = dict(repeats=1 if quick else 3, tasks=2000 if quick else 20000, mtpc1_tasks=300 if quick else 2000,
-                    peer_tasks=1000 if quick else 5000, cap=6.0 if quick else 10.0,
+    defaults = dict(repeats=1 if quick else 3, starts=1 if quick else 5, tasks=2000 if quick else 20000,
+                    mtpc1_tasks=300 if quick else 2000, peer_tasks=1000 if quick else 5000, cap=6.0 if quick else 10.0,
                     enqueue_one=1000 if quick else 10000, enqueue_batch=5000 if quick else 20000,
                     latency_tasks=50 if quick else 200)
     for key, value in defaults.items():

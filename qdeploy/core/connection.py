@@ -28,6 +28,7 @@ import select
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
@@ -43,7 +44,7 @@ try:  # CPython's own SHA-1: hashlib would map OpenSSL's libcrypto (~3.7 MiB) in
     from _sha1 import sha1
 except ImportError:  # another interpreter
     from hashlib import sha1
-from qdeploy.core.resp import fill_stdio
+from qdeploy.core.resp import fill_stdio, pack
 from qdeploy.core.urls import SCHEMES, BrokerURL, BrokerURLError, redact, redact_text
 
 __all__ = ["BROKER_DOWN", "SCHEMES", "BrokerURL", "BrokerURLError", "Client", "ClusterDown", "ClusterHotPath",
@@ -181,7 +182,7 @@ class LazyClient:
         return self._client
 
     def __getattr__(self, name: str):
-        if name in ("url", "_kwargs", "_client"):  # not set yet (a copy being made): no client
+        if name in ("url", "_kwargs", "_client", "real"):  # a copy being made, or `real` failed: no client
             raise AttributeError(name)
         return getattr(self.real, name)
 
@@ -370,41 +371,6 @@ def refused_for_now(exc: BaseException) -> bool:
                                          and str(exc).startswith(_NOT_NOW_PREFIXES))
 
 
-def pack(args) -> bytes:
-    """One command in the Redis protocol (RESP): what redis-py's `Connection.pack_command` does,
-    for the argument types the hot paths send (bytes, str, int, float), at a fraction of its cost.
-    ASCII text and numbers are framed as text and encoded once per run of them (a history batch
-    packs ~10,000 arguments, a reserve ~20); anything else is framed as bytes."""
-    out: list[bytes] = []
-    text = [f"*{len(args)}\r\n"]
-    for arg in args:
-        kind = type(arg)
-        if kind is str and arg.isascii():  # one character, one byte: len() is the byte count
-            text.append(f"${len(arg)}\r\n{arg}\r\n")
-            continue
-        if kind is int or kind is float:
-            arg = repr(arg)
-            text.append(f"${len(arg)}\r\n{arg}\r\n")
-            continue
-        if kind is bytes:
-            pass
-        elif isinstance(arg, str):  # not ASCII, or a subclass
-            arg = arg.encode()
-        elif isinstance(arg, (int, float)) and not isinstance(arg, bool):
-            arg = repr(arg).encode()
-        elif isinstance(arg, (bytearray, memoryview)):
-            arg = bytes(arg)
-        else:
-            raise TypeError(f"cannot send {type(arg).__name__} to Redis")
-        if text:
-            out.append("".join(text).encode())
-            text = []
-        out.append(b"$%d\r\n%b\r\n" % (len(arg), arg))
-    if text:
-        out.append("".join(text).encode())
-    return b"".join(out)
-
-
 def subscriber(client):
     """A pub/sub connection of its own (`subscribe`, `get_message`, `close`, `connection`):
     qdeploy's `resp.Subscriber` on a plain server, redis-py's PubSub elsewhere."""
@@ -543,6 +509,17 @@ class HotPath:
             return pipe.execute()
         once = lambda conn: self._multi(conn, commands, waits, durable)  # noqa: E731
         return self._round_trip(once) if self.direct else self._pooled(once)
+
+    def scan(self, match: str, count: int = 1000) -> Iterator[bytes]:
+        """Every key matching `match`: SCAN, a page per round trip (a key may come twice, as
+        SCAN may return it twice)."""
+        cursor = 0
+        while True:
+            reply = self.command("SCAN", cursor, "MATCH", match, "COUNT", count)
+            cursor = int(reply[0])  # Sentinel's client parses the reply: (int, list) there
+            yield from reply[1]
+            if cursor == 0:
+                return
 
     def pipeline(self, commands: list[tuple]) -> list:
         """`commands` in one round trip, not atomic: each reply in its place, an error reply as

@@ -5,7 +5,7 @@ sweeps, control channel, events and task history) runs on this instead of redis-
 `Connection`, so that a master and its children on one server never load redis-py's client
 stack (~100 ms of start-up and ~14 MiB in every process; see qdeploy/_imports.py) and each round
 trip parses its reply in one layer instead of four. It speaks what those callers send: commands
-packed by `connection.pack`, replies as redis-py gives them undecoded (bytes, int, None, lists,
+packed by `pack`, replies as redis-py gives them undecoded (bytes, int, None, lists,
 with errors inside an EXEC reply as exception objects), and redis-py's own exception classes
 (from `redis.exceptions`, which loads alone), so every `except` in the loops is unchanged.
 TLS, Sentinel and Redis Cluster stay on redis-py (`connection.HotPath` picks).
@@ -72,6 +72,41 @@ def error_of(line: bytes) -> _exc.RedisError:
         return cls(rest, status_code=code)
     except TypeError:  # redis-py < 6: no status codes
         return cls(rest)
+
+
+def pack(args) -> bytes:
+    """One command in the Redis protocol (RESP): what redis-py's `Connection.pack_command` does,
+    for the argument types the hot paths send (bytes, str, int, float), at a fraction of its cost.
+    ASCII text and numbers are framed as text and encoded once per run of them (a history batch
+    packs ~10,000 arguments, a reserve ~20); anything else is framed as bytes."""
+    out: list[bytes] = []
+    text = [f"*{len(args)}\r\n"]
+    for arg in args:
+        kind = type(arg)
+        if kind is str and arg.isascii():  # one character, one byte: len() is the byte count
+            text.append(f"${len(arg)}\r\n{arg}\r\n")
+            continue
+        if kind is int or kind is float:
+            arg = repr(arg)
+            text.append(f"${len(arg)}\r\n{arg}\r\n")
+            continue
+        if kind is bytes:
+            pass
+        elif isinstance(arg, str):  # not ASCII, or a subclass
+            arg = arg.encode()
+        elif isinstance(arg, (int, float)) and not isinstance(arg, bool):
+            arg = repr(arg).encode()
+        elif isinstance(arg, (bytearray, memoryview)):
+            arg = bytes(arg)
+        else:
+            raise TypeError(f"cannot send {type(arg).__name__} to Redis")
+        if text:
+            out.append("".join(text).encode())
+            text = []
+        out.append(b"$%d\r\n%b\r\n" % (len(arg), arg))
+    if text:
+        out.append("".join(text).encode())
+    return b"".join(out)
 
 
 def fill_stdio() -> None:
@@ -148,8 +183,6 @@ class Connection:
 
     def _handshake(self) -> None:
         """AUTH, SELECT and CLIENT SETNAME in one round trip (nothing when none is needed)."""
-        from qdeploy.core.connection import pack
-
         steps: list[tuple] = []
         if self.password is not None or self.username is not None:
             steps.append(("AUTH", self.username, self.password or "") if self.username else ("AUTH", self.password))
@@ -317,8 +350,6 @@ class Subscriber:
         self.connection = connection
 
     def subscribe(self, *channels: str) -> None:
-        from qdeploy.core.connection import pack
-
         self.connection.send_packed_command(pack(("SUBSCRIBE", *channels)))
 
     def get_message(self, timeout: float = 0) -> dict | None:

@@ -15,21 +15,40 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from typing import Any
 
 
 # -- reads ------------------------------------------------------------------------------------
+# On one server every read goes over the broker's hot path (qdeploy's own connection): a master
+# serving /metrics, or `qdeploy status`, never loads redis-py's client for them.
 def _mget(broker, keys: list) -> list:
     """MGET, or on a cluster one per slot (redis-py's mget_nonatomic): keys of many slots."""
     if not keys:
         return []
-    return broker.client.mget_nonatomic(keys) if broker.cluster else broker.client.mget(keys)
+    return broker.client.mget_nonatomic(keys) if broker.cluster else broker.fast.command("MGET", *keys)
+
+
+def _scan(broker, match: str) -> Iterator[bytes]:
+    """Every key matching `match`, page by page (on a cluster: on every primary, by redis-py's scan)."""
+    if broker.cluster:
+        return broker.client.scan_iter(match=match, count=1000)
+    return broker.fast.scan(match)
+
+
+def _batch(broker, commands: list[tuple]) -> list:
+    """`commands` in one round trip (not atomic): their replies; the first error is raised."""
+    replies = broker.fast.pipeline(commands) if commands else []
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return replies
 
 
 def heartbeats(broker) -> dict[str, dict]:
     """Live heartbeats: owner -> the info its node last wrote (node, pid, pool, ...)."""
     prefix = broker.keys.prefix("heartbeat")
-    keys = list(broker.client.scan_iter(match=f"{prefix}*", count=1000))
+    keys = list(_scan(broker, f"{prefix}*"))
     out = {}
     for key, value in zip(keys, _mget(broker, keys), strict=True):
         if value is not None:
@@ -48,22 +67,22 @@ def queue_names(broker) -> list[str]:
     names: set[str] = set()
     for kind in ("queue", "eta"):
         prefix = broker.keys.prefix(kind)
-        names.update(k.decode()[len(prefix):] for k in broker.client.scan_iter(match=f"{prefix}*", count=1000))
+        names.update(k.decode()[len(prefix):] for k in _scan(broker, f"{prefix}*"))
     return sorted(names)
 
 
 def queue_length(broker, queue: str) -> int:
-    return broker.client.llen(broker.keys.queue(queue))
+    return int(broker.fast.command("LLEN", broker.keys.queue(queue)))
 
 
 def scheduled(broker, queue: str) -> int:
-    return broker.client.zcard(broker.keys.eta(queue))
+    return int(broker.fast.command("ZCARD", broker.keys.eta(queue)))
 
 
 def inflight(broker, cid: str) -> list[str]:
     if broker.cluster:
         return [x.decode() for q in broker.known_queues() for x in broker.client.lrange(broker.keys.of(q).inflight(cid), 0, -1)]
-    return [x.decode() for x in broker.client.lrange(broker.keys.inflight(cid), 0, -1)]
+    return [x.decode() for x in broker.fast.command("LRANGE", broker.keys.inflight(cid), 0, -1)]
 
 
 def _inflight_by_queue(broker) -> dict[str, dict[str, list[str]]]:
@@ -89,11 +108,8 @@ def inflight_all(broker) -> dict[str, list[str]]:
                 merged.setdefault(cid, []).extend(ids)
         return merged
     prefix = broker.keys.prefix("inflight")
-    keys = list(broker.client.scan_iter(match=f"{prefix}*", count=1000))
-    pipe = broker.client.pipeline(transaction=False)
-    for key in keys:
-        pipe.lrange(key, 0, -1)
-    replies = pipe.execute() if keys else []
+    keys = list(_scan(broker, f"{prefix}*"))
+    replies = _batch(broker, [("LRANGE", key, 0, -1) for key in keys])
     return {k.decode()[len(prefix):]: [i.decode() for i in ids] for k, ids in zip(keys, replies, strict=True)}
 
 
@@ -101,7 +117,7 @@ def bodies(broker, ids: list[str]) -> dict[str, bytes | None]:
     if not ids:
         return {}
     if not broker.cluster:
-        return dict(zip(ids, broker.client.hmget(broker.keys.msg, ids), strict=True))
+        return dict(zip(ids, broker.fast.command("HMGET", broker.keys.msg, *ids), strict=True))
     found: dict[str, bytes | None] = dict.fromkeys(ids)
     for queue in broker.known_queues():  # a body lives in its queue's slot: look in each
         for task_id, body in zip(ids, broker.client.hmget(broker.keys.of(queue).msg, ids), strict=True):
@@ -117,7 +133,7 @@ def eta_entries(broker, queue: str, count: int = 100) -> list[tuple[str, float]]
 def _dead_raw(broker, count: int) -> list[bytes]:
     """The newest `count` raw dead-letter records (on a cluster: of every queue, newest first)."""
     if not broker.cluster:
-        return broker.client.lrange(broker.keys.dead, 0, count - 1)
+        return broker.fast.command("LRANGE", broker.keys.dead, 0, count - 1)
     raws = [raw for q in broker.known_queues() for raw in broker.client.lrange(broker.keys.of(q).dead, 0, count - 1)]
     return sorted(raws, key=lambda raw: -(_field(raw, "time") or 0))[:count]
 
@@ -139,14 +155,14 @@ def dead_letters(broker, count: int = 100) -> list[dict]:
 def dead_letter_count(broker) -> int:
     if broker.cluster:
         return sum(broker.client.llen(broker.keys.of(q).dead) for q in broker.known_queues())
-    return broker.client.llen(broker.keys.dead)
+    return int(broker.fast.command("LLEN", broker.keys.dead))
 
 
 def result_records(broker, scan_limit: int = 2000) -> dict[str, dict]:
     """Up to `scan_limit` stored results (id -> record), for dashboards: a sample, not all."""
     prefix = broker.keys.prefix("result")
     keys = []
-    for key in broker.client.scan_iter(match=f"{prefix}*", count=1000):
+    for key in _scan(broker, f"{prefix}*"):
         keys.append(key)
         if len(keys) >= scan_limit:
             break
@@ -195,12 +211,9 @@ def queue_stats(broker, dead_scan: int = 10000) -> list[dict]:
         queue = record.get("queue") or "?"
         dead[queue] = dead.get(queue, 0) + 1
     names.update(inflight, dead)
-    pipe = broker.client.pipeline(transaction=False)
     ordered = sorted(names)
-    for name in ordered:
-        pipe.llen(broker.keys.queue(name))
-        pipe.zcard(broker.keys.eta(name))
-    counts = pipe.execute() if ordered else []
+    counts = _batch(broker, [command for name in ordered
+                             for command in (("LLEN", broker.keys.queue(name)), ("ZCARD", broker.keys.eta(name)))])
     return [{"queue": q, "ready": counts[2 * i], "in_flight": inflight.get(q, 0), "scheduled": counts[2 * i + 1],
              "dead": dead.get(q, 0)} for i, q in enumerate(ordered)]
 

@@ -5,6 +5,7 @@ inspect and writes heartbeats, events and history."""
 
 import re
 import signal
+import urllib.request
 
 import pytest
 from redis import exceptions as rexc
@@ -13,6 +14,7 @@ from qdeploy.core import resp
 from qdeploy.core.broker import Broker
 from qdeploy.core.connection import BROKER_DOWN, HotPath, connect
 from qdeploy.ops.control import Control
+from tests.integration.conftest import free_port
 
 
 def client_list(rclient) -> list[dict]:
@@ -86,15 +88,20 @@ def test_a_reply_bigger_than_a_read_and_binary_data(rclient, app, namespace):
 
 def test_a_worker_on_one_server_never_loads_redis_py_s_client(masters, tapp, redis_server, namespace):
     """Every import of the master and of every child (PYTHONPROFILEIMPORTTIME writes them all to
-    the worker's output) while it runs tasks in recycled children, answers inspect, and writes
-    heartbeats, sweeps, events and the task history: redis-py's exceptions and Retry only."""
-    m = masters("-c", "2", "--max-tasks-per-child", "2", "-E", env={"PYTHONPROFILEIMPORTTIME": "1"}).ready()
+    the worker's output) while it runs tasks in recycled children, answers inspect, serves
+    /metrics (queue depths: scans of the fleet), and writes heartbeats, sweeps, events and the
+    task history: redis-py's exceptions and Retry only."""
+    port = free_port()
+    m = masters("-c", "2", "--max-tasks-per-child", "2", "-E", "--metrics-port", str(port),
+                env={"PYTHONPROFILEIMPORTTIME": "1"}).ready()
     results = [tapp.send_task("t.pid") for _ in range(6)]  # no tag: the task itself uses no client
     pids = {r.get(timeout=15) for r in results}
     assert len(pids) >= 3, "the children were recycled"
     owner = f"{m.argv[m.argv.index('-n') + 1]}"
     stats = Control(Broker(redis_server.url, namespace)).inspect("stats", destination=[owner], timeout=5)
     assert owner in stats.replies
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as page:
+        assert 'qdeploy_queue_messages{queue="default",state="ready"}' in page.read().decode()
     m.signal(signal.SIGTERM)
     assert m.wait(30) == 0
     imported = {line.split("|")[-1].strip() for line in m.output().splitlines() if line.startswith("import time:")}
