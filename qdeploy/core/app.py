@@ -319,7 +319,7 @@ class App:
 
     def results_for(self, broker: Broker) -> Results:
         if self.result_backend in (None, self.broker_url):
-            return Results(broker.client, self.namespace, self.result_ttl, colocated=True)
+            return Results(broker.client, self.namespace, self.result_ttl, colocated=True, hot=broker.fast)
         return Results(connect(self.result_backend), self.namespace, self.result_ttl, False)
 
     @property

@@ -14,7 +14,7 @@ import traceback as traceback_module
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from qdeploy.core.connection import is_cluster
+from qdeploy.core.connection import hot_path, is_cluster
 from qdeploy.core.keys import Keys
 
 if TYPE_CHECKING:
@@ -152,16 +152,25 @@ def record(state: str, *, result: Any = None, exc_type: str | None = None, exc: 
 
 
 class Results:
-    """Reads and writes records. `colocated` means the broker's Lua scripts write them too."""
+    """Reads and writes records. `colocated` means the broker's Lua scripts write them too.
+    Over a hot path (the broker's own, when colocated): `delay(...).get()` and a worker's
+    records never load redis-py's client."""
 
-    def __init__(self, client, namespace: str, ttl: int, colocated: bool):
+    def __init__(self, client, namespace: str, ttl: int, colocated: bool, hot=None):
         self.client, self.keys, self.ttl, self.colocated = client, Keys(namespace), int(ttl), colocated
+        self._hot = hot
+
+    @property
+    def hot(self):
+        if self._hot is None:
+            self._hot = hot_path(self.client)
+        return self._hot
 
     def key(self, task_id: str) -> str:
         return self.keys.result(task_id)
 
     def get(self, task_id: str) -> dict | None:
-        raw = self.client.get(self.key(task_id))
+        raw = self.hot.command("GET", self.key(task_id))
         return json.loads(raw) if raw else None
 
     def get_many(self, task_ids: list[str], chunk: int = 1000) -> list[dict | None]:
@@ -169,17 +178,17 @@ class Results:
         is read in 100 round trips, not 100k). On Redis Cluster each result has its own slot:
         redis-py's mget_nonatomic sends one MGET per slot, pipelined per node."""
         out: list[dict | None] = []
-        mget = self.client.mget_nonatomic if is_cluster(self.client) else self.client.mget
+        mget = self.client.mget_nonatomic if is_cluster(self.client) else lambda keys: self.hot.command("MGET", *keys)
         for start in range(0, len(task_ids), chunk):
             keys = [self.key(t) for t in task_ids[start:start + chunk]]
             out += [json.loads(raw) if raw else None for raw in mget(keys)]
         return out
 
     def store(self, task_id: str, encoded: str) -> None:
-        self.client.set(self.key(task_id), encoded, ex=self.ttl or None)  # 0: keep forever
+        self.hot.command("SET", self.key(task_id), encoded, *(("EX", self.ttl) if self.ttl else ()))  # 0: keep forever
 
     def forget(self, task_id: str) -> None:
-        self.client.delete(self.key(task_id))
+        self.hot.command("DEL", self.key(task_id))
 
 
 def _app_or_current(app: App | None) -> App:

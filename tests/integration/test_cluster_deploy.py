@@ -37,7 +37,8 @@ def test_render_takes_cluster_and_sentinel_urls_without_importing_redis(kind, tm
     probe = subprocess.run([sys.executable, "-c",
                             "import sys\nfrom qdeploy.cli import main\n"
                             "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    code = e.code\n"
-                            "print('redis' in sys.modules, code)",
+                            "from qdeploy import _imports\n"
+                            "print(_imports.loaded('redis') or 'redis.client' in sys.modules, code)",
                             "render", "--config", str(config), "--out", str(out)],
                            capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert probe.stdout.split()[-2:] == ["False", "0"], probe.stdout + probe.stderr

@@ -5,6 +5,8 @@ inspect and writes heartbeats, events and history."""
 
 import re
 import signal
+import subprocess
+import sys
 import urllib.request
 
 import pytest
@@ -102,6 +104,13 @@ def test_a_worker_on_one_server_never_loads_redis_py_s_client(masters, tapp, red
     assert owner in stats.replies
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as page:
         assert 'qdeploy_queue_messages{queue="default",state="ready"}' in page.read().decode()
+    producer = subprocess.run(  # a producer's delay() and .get(), in a process of its own
+        [sys.executable, "-c", "import sys\nfrom qdeploy.core.app import App\n"
+         f"app = App('p', broker={redis_server.url!r}, namespace={namespace!r})\n"
+         "pid = app.send_task('t.pid').get(timeout=15)\n"
+         "print(isinstance(pid, int), 'redis.client' in sys.modules)"],
+        capture_output=True, text=True, timeout=60)
+    assert producer.stdout.split() == ["True", "False"], producer.stderr
     m.signal(signal.SIGTERM)
     assert m.wait(30) == 0
     imported = {line.split("|")[-1].strip() for line in m.output().splitlines() if line.startswith("import time:")}
