@@ -31,6 +31,11 @@ _LOCK = threading.RLock()
 
 
 class _DeferredPackage(types.ModuleType):
+    def __dir__(self):
+        """What the body defines (completion, `inspect.getmembers`): asking loads it."""
+        getattr(self, "__all__", None)
+        return sorted(self.__dict__)
+
     def __getattr__(self, name: str):
         if name.startswith("__") and name not in _DEFINED_DUNDERS:
             raise AttributeError(f"module {self.__name__!r} has no attribute {name!r}")

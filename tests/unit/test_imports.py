@@ -29,6 +29,9 @@ def test_redis_py_loads_on_first_use_of_one_of_its_names():
               "print(before, Redis.__module__, exceptions.RedisError is redis.RedisError, bool(redis.__version__),"
               " type(redis).__name__, hasattr(redis, 'NoSuchName'))")
     assert out == "False redis.client True True _DeferredPackage False"
+    listed = run("import sys, qdeploy, redis\n"
+                 "print('Redis' in dir(redis), 'Sentinel' in dir(redis), 'redis.client' in sys.modules)")
+    assert listed == "True True True"  # dir() loads the body: completion and inspect see every name
 
 
 def test_threads_asking_for_redis_py_at_once_all_get_it():
