@@ -172,7 +172,7 @@ class LazyClient:
                  client_name: str | None):
         self.url = url
         self._kwargs: dict[str, Any] = {"retries": retries, "socket_timeout": socket_timeout,
-                        "connect_timeout": connect_timeout, "client_name": client_name}
+                                        "connect_timeout": connect_timeout, "client_name": client_name}
         self._client: Any = None
 
     @property
@@ -198,11 +198,10 @@ class LazyClient:
         url, kwargs = self.url, self._kwargs
         if url.tls or url.topology not in ("standalone", "unix"):
             return None
-        opts = url.options
+        timeouts = _timeouts(url, kwargs["socket_timeout"], kwargs["connect_timeout"])
         params: dict[str, Any] = {
             "db": url.db, "username": url.username, "password": url.password, "client_name": kwargs["client_name"],
-            "socket_timeout": opts.get("socket_timeout", kwargs["socket_timeout"]),
-            "connect_timeout": opts.get("socket_connect_timeout", kwargs["connect_timeout"]),
+            "socket_timeout": timeouts["socket_timeout"], "connect_timeout": timeouts["socket_connect_timeout"],
             "retries": kwargs["retries"]}
         if url.topology == "unix":
             params["path"] = url.path
@@ -211,13 +210,18 @@ class LazyClient:
         return params
 
 
+def _timeouts(url: BrokerURL, socket_timeout: float, connect_timeout: float) -> dict[str, float]:
+    """The read and connect timeouts: the URL's query wins over the caller's."""
+    return {"socket_timeout": url.options.get("socket_timeout", socket_timeout),
+            "socket_connect_timeout": url.options.get("socket_connect_timeout", connect_timeout)}
+
+
 def client_for(url: BrokerURL, *, retries: int = 2, socket_timeout: float = 10.0,
                connect_timeout: float = 5.0, client_name: str | None = None) -> Client:
     """The redis-py client of a parsed URL, made now. Timeouts in the URL's query win over the arguments;
     TLS options apply to the sentinels and the master alike."""
     opts = url.options
-    timeouts = {"socket_timeout": opts.get("socket_timeout", socket_timeout),
-                "socket_connect_timeout": opts.get("socket_connect_timeout", connect_timeout)}
+    timeouts = _timeouts(url, socket_timeout, connect_timeout)
     tls = {**{k: v for k, v in opts.items() if k.startswith("ssl_")}, "ssl": True} if url.tls else {}
     common = {**timeouts, **tls, "db": url.db, "username": url.username, "password": url.password,
               "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), retries), "client_name": client_name,
@@ -374,10 +378,24 @@ def refused_for_now(exc: BaseException) -> bool:
 def subscriber(client):
     """A pub/sub connection of its own (`subscribe`, `get_message`, `close`, `connection`):
     qdeploy's `resp.Subscriber` on a plain server, redis-py's PubSub elsewhere."""
-    own = client.own_connection() if isinstance(client, LazyClient) else None
+    own = _own(client)
     if own is None:
         return client.pubsub(ignore_subscribe_messages=False)
     return resp.Subscriber(resp.Connection(**own))
+
+
+def _raise_first(replies: list, raise_on_error: bool) -> list:
+    """A pipeline's replies, after raising the first error among them (when asked to)."""
+    if raise_on_error:
+        for reply in replies:
+            if isinstance(reply, rexc.ResponseError):
+                raise reply
+    return replies
+
+
+def _own(client) -> dict | None:
+    """`resp.Connection`'s arguments for a client qdeploy talks to itself; None for redis-py's."""
+    return client.own_connection() if isinstance(client, LazyClient) else None
 
 
 def _plain_pool(client) -> bool:
@@ -428,7 +446,7 @@ class HotPath:
         self.wait = wait
         self.unreplicated = 0  # durable="warn" writes fewer replicas than asked confirmed in time
         self._warned_at = 0.0
-        self._own = client.own_connection() if isinstance(client, LazyClient) else None
+        self._own = _own(client)
         # A plain pool's connections all go to one server; others (Sentinel) route per command.
         self.direct = self._own is not None or _plain_pool(client)
         self._local = threading.local()  # per thread: its connection, and the pid that made it
@@ -521,14 +539,16 @@ class HotPath:
             if cursor == 0:
                 return
 
-    def pipeline(self, commands: list[tuple]) -> list:
-        """`commands` in one round trip, not atomic: each reply in its place, an error reply as
-        its exception object (the rest still ran)."""
+    def pipeline(self, commands: list[tuple], raise_on_error: bool = True) -> list:
+        """`commands` in one round trip, not atomic (the rest run when one fails): their replies;
+        the first error reply is raised, or with `raise_on_error=False` returned in its place."""
+        if not commands:
+            return []
         if not self.direct:
             pipe = self.client.pipeline(transaction=False)
             for command in commands:
                 pipe.execute_command(*command)
-            return pipe.execute(raise_on_error=False)
+            return pipe.execute(raise_on_error=raise_on_error)
 
         def once(conn):
             conn.send_packed_command([b"".join(map(pack, commands))])
@@ -539,7 +559,7 @@ class HotPath:
                 except rexc.ResponseError as exc:
                     out.append(exc)
             return out
-        return self._round_trip(once)
+        return _raise_first(self._round_trip(once), raise_on_error)
 
     def _multi(self, conn, commands: list[tuple], waits, durable: str):
         tail = [("WAIT", *waits)] if waits else []
@@ -702,7 +722,7 @@ class ClusterHotPath(HotPath):
             out += self._routed(group[0][1], lambda conn, g=group: self._multi(conn, g, waits, durable), multi=True)
         return out
 
-    def pipeline(self, commands: list[tuple]) -> list:
+    def pipeline(self, commands: list[tuple], raise_on_error: bool = True) -> list:
         """Each command to its own slot's node, one after another (not one round trip)."""
         out: list = []
         for command in commands:
@@ -710,7 +730,7 @@ class ClusterHotPath(HotPath):
                 out.append(self.command(*command))
             except rexc.ResponseError as exc:
                 out.append(exc)
-        return out
+        return _raise_first(out, raise_on_error)
 
     def _routed(self, key, once, multi: bool = False):
         slot = slot_of(key)

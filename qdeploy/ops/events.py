@@ -82,7 +82,7 @@ class EventPublisher:
             return
         batch, self.pending = self.pending, []
         try:
-            self.broker.fast.pipeline([("PUBLISH", self.channel, event) for event in batch])
+            self.broker.fast.pipeline([("PUBLISH", self.channel, event) for event in batch], raise_on_error=False)
         except _DOWN as exc:
             if not self.failing:
                 log.warning("events: cannot publish (%s); dropping events until the broker answers", exc)

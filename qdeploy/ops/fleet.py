@@ -36,15 +36,6 @@ def _scan(broker, match: str) -> Iterator[bytes]:
     return broker.fast.scan(match)
 
 
-def _batch(broker, commands: list[tuple]) -> list:
-    """`commands` in one round trip (not atomic): their replies; the first error is raised."""
-    replies = broker.fast.pipeline(commands) if commands else []
-    for reply in replies:
-        if isinstance(reply, Exception):
-            raise reply
-    return replies
-
-
 def heartbeats(broker) -> dict[str, dict]:
     """Live heartbeats: owner -> the info its node last wrote (node, pid, pool, ...)."""
     prefix = broker.keys.prefix("heartbeat")
@@ -109,7 +100,7 @@ def inflight_all(broker) -> dict[str, list[str]]:
         return merged
     prefix = broker.keys.prefix("inflight")
     keys = list(_scan(broker, f"{prefix}*"))
-    replies = _batch(broker, [("LRANGE", key, 0, -1) for key in keys])
+    replies = broker.fast.pipeline([("LRANGE", key, 0, -1) for key in keys])
     return {k.decode()[len(prefix):]: [i.decode() for i in ids] for k, ids in zip(keys, replies, strict=True)}
 
 
@@ -212,8 +203,8 @@ def queue_stats(broker, dead_scan: int = 10000) -> list[dict]:
         dead[queue] = dead.get(queue, 0) + 1
     names.update(inflight, dead)
     ordered = sorted(names)
-    counts = _batch(broker, [command for name in ordered
-                             for command in (("LLEN", broker.keys.queue(name)), ("ZCARD", broker.keys.eta(name)))])
+    counts = broker.fast.pipeline([command for name in ordered
+                                   for command in (("LLEN", broker.keys.queue(name)), ("ZCARD", broker.keys.eta(name)))])
     return [{"queue": q, "ready": counts[2 * i], "in_flight": inflight.get(q, 0), "scheduled": counts[2 * i + 1],
              "dead": dead.get(q, 0)} for i, q in enumerate(ordered)]
 

@@ -314,15 +314,16 @@ def readable_as(target: Identity, paths: list[str]) -> bool:
     """Could `target` read every one of `paths` (files or directories to list)? Asked of a
     forked probe that drops to `target` as `drop_privileges` would: the kernel's answer, ACLs
     and supplementary groups included. Called before the drop, to load what it could not."""
+    def readable() -> bool:
+        return all(os.access(path, os.R_OK | (os.X_OK if os.path.isdir(path) else 0)) for path in paths)
+
     if os.geteuid() != 0 or os.geteuid() == target.uid:
-        return all(os.access(path, os.R_OK) for path in paths)
+        return readable()
     pid = os.fork()
     if pid == 0:  # the probe: nothing but the drop and access(2), then _exit
         try:
-            os.setgid(target.gid)
-            os.initgroups(target.user, target.gid)
-            os.setuid(target.uid)
-            os._exit(0 if all(os.access(path, os.R_OK | (os.X_OK if os.path.isdir(path) else 0)) for path in paths) else 1)
+            drop_privileges(target)
+            os._exit(0 if readable() else 1)
         except BaseException:  # noqa: BLE001 - the probe only answers yes or no
             os._exit(2)
     _, status = os.waitpid(pid, 0)

@@ -65,8 +65,4 @@ class Autoscaler:
 
 def backlog(broker, queues: list[str]) -> int:
     """Tasks ready in `queues` (not those waiting for their ETA), in one round trip."""
-    replies = broker.fast.pipeline([("LLEN", broker.keys.queue(queue)) for queue in queues])
-    for reply in replies:
-        if isinstance(reply, Exception):
-            raise reply
-    return sum(int(n or 0) for n in replies)
+    return sum(int(n or 0) for n in broker.fast.pipeline([("LLEN", broker.keys.queue(queue)) for queue in queues]))

@@ -83,9 +83,13 @@ def test_a_reply_bigger_than_a_read_and_binary_data(rclient, app, namespace):
     blob = bytes(range(256)) * 8192 + b"\r\n$-1\r\n"
     assert hot.command("SET", f"{namespace}:blob", blob) == b"OK"
     assert hot.command("GET", f"{namespace}:blob") == blob
-    assert hot.pipeline([("GET", f"{namespace}:blob"), ("HGET", f"{namespace}:blob", "x"), ("PING",)]) [0] == blob
-    replies = hot.pipeline([("HGET", f"{namespace}:blob", "x"), ("PING",)])
+    assert hot.pipeline([("GET", f"{namespace}:blob"), ("HGET", f"{namespace}:blob", "x"), ("PING",)],
+                        raise_on_error=False)[0] == blob
+    replies = hot.pipeline([("HGET", f"{namespace}:blob", "x"), ("PING",)], raise_on_error=False)
     assert type(replies[0]) is rexc.ResponseError and replies[1] == b"PONG"  # WRONGTYPE in its place
+    with pytest.raises(rexc.ResponseError, match="WRONGTYPE"):  # by default the first error is raised
+        hot.pipeline([("PING",), ("HGET", f"{namespace}:blob", "x")])
+    assert hot.command("PING") == b"PONG"  # every reply was read: the connection is in step
 
 
 def test_a_worker_on_one_server_never_loads_redis_py_s_client(masters, tapp, redis_server, namespace):

@@ -448,7 +448,8 @@ def test_task_sent_is_built_from_what_the_publish_signal_carries():
 def test_the_publisher_builds_nothing_when_off_and_batches_when_on():
     published, batches = [], []
 
-    def pipeline(commands):
+    def pipeline(commands, raise_on_error=True):
+        assert raise_on_error is False  # a refused event must not stop the master's loop
         batches.append(len(commands))
         published.extend((channel, json.loads(event)) for name, channel, event in commands if name == "PUBLISH")
         return [1] * len(commands)
