@@ -21,7 +21,10 @@ local RUNTIME = '^[^\t]*\t[^\t]*\t[^\t]*\t[^\t]*\t[^\t]*\t[^\t]*\t[^\t]*\t([^\t]
 local match = string.match
 -- history.FIELDS positions: 1 state, 2 node, 3 name, 4 queue, 5 pid, 6 started, 7 done,
 -- 8 runtime, 9 exc, 10 killed, 11 attempts, 12 due, 13.. what the child sent (retries ... call)
-local PER_ATTEMPT = {5, 6, 7, 8, 9, 10, 12}
+-- A delivery's own fields: the next delivery never inherits them. 19, its arguments, too: they
+-- are kept (history_args = failures) for the delivery that failed or is retried, so a retried
+-- task that then succeeds keeps none, whether or not its attempts landed in one batch.
+local PER_ATTEMPT = {5, 6, 7, 8, 9, 10, 12, 19}
 
 local function fields(value)
   local out, i = {}, 0

@@ -112,7 +112,25 @@ def test_updates_move_combos_and_keep_attempts(store):
     assert [a["state"] for a in again["attempts"]] == ["FAILURE"]
     assert again["attempts"][0]["node"] == "w1@host" and again["attempts"][0]["exc"] == "ValueError: x"
     assert again["attempts"][0]["started"] == pytest.approx(rec(7)["started"], abs=1e-5)
+    assert "call" not in again  # the failed delivery's arguments stay with it (history_args = failures)
     assert consistent(store) == 1
+
+
+def test_a_retried_task_keeps_its_arguments_only_while_it_waits(store):
+    """history_args = failures: the RETRY record has the arguments; the next delivery's records
+    (STARTED, then SUCCESS) do not inherit them. A new delivery that sent its own keeps those."""
+    assert history.FIELDS.index("call") + 1 == 19  # history.lua's PER_ATTEMPT names it by position
+    retry = rec(1, state="RETRY", exc="Retry: attempt 1", runtime=None)
+    store.add([([history.encode(retry)], [])])
+    assert store.get(retry["id"])["call"] == retry["call"]  # while it waits for its retry: kept
+    store.add([([history.encode(rec(1, state="STARTED", started=NOW, done=None, runtime=None, call=None))], [])])
+    assert "call" not in store.get(retry["id"])
+    store.add([([history.encode(rec(1, started=NOW, done=NOW + 0.5, retries=1, call=None))], [])])
+    done = store.get(retry["id"])
+    assert done["state"] == "SUCCESS" and "call" not in done and [a["state"] for a in done["attempts"]] == ["RETRY"]
+    store.add([([history.encode(rec(3, state="RETRY", runtime=None))], [])])
+    store.add([([history.encode(rec(3, started=NOW, done=NOW + 0.5, call='[["again"],{}]'))], [])])  # = all
+    assert store.get(rec(3)["id"])["call"] == '[["again"],{}]'
 
 
 def test_search_answers_from_the_indices(redis_server, namespace):
@@ -211,6 +229,31 @@ def test_writer_batches_and_survives_a_broker_that_is_down(make_server, namespac
     writer.flush(force=True)
     # (the restarted Redis lost the first five: it saves nothing) the four that waited are there
     assert writer.queued_records == 0 and store.count() == 4 and "history: writing again" in caplog.text
+
+
+@pytest.mark.parametrize("batches", [1, 2, 3])
+def test_a_retried_success_is_the_same_record_however_the_writer_batched_it(redis_server, namespace, batches):
+    """The RETRY, the second start and the SUCCESS in one batch (folded into `attempts` by the
+    writer) or in two or three (merged by history.lua): one final record, no arguments kept."""
+    child = Child(4242, 1, ["cid"], None, None)
+    writer = HistoryWriter(_Broker(redis_server.url, namespace), "n1@host", cap=1000, args="failures")
+    first = _task(1, outcome="retried")
+    first.detail, first.call = "Retry: attempt 1", '[["f1"],{}]'
+    second = _task(1)
+    second.started = first.started + 0.01
+    cuts = {1: (), 2: ("retry",), 3: ("retry", "start")}[batches]
+    writer.started(child, first)
+    writer.finished(child, first)
+    if "retry" in cuts:
+        writer.flush(force=True)
+    writer.started(child, second)
+    if "start" in cuts:
+        writer.flush(force=True)
+    writer.finished(child, second)
+    writer.flush(force=True)
+    got = history.HistoryStore(redis_server.client(), namespace).get(first.id)
+    assert got["state"] == "SUCCESS" and "call" not in got and got["pid"] == 4242
+    assert [a["state"] for a in got["attempts"]] == ["RETRY"] and got["attempts"][0]["exc"] == "Retry: attempt 1"
 
 
 def test_writer_bounds_what_waits_and_drops_the_oldest(make_server, namespace, monkeypatch, caplog):
