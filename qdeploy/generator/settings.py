@@ -128,8 +128,9 @@ SETTINGS: tuple[Setting, ...] = (
        "Tasks kept in the task history in Redis (what `qdeploy dashboard` searches), written by the worker "
        "masters; the oldest are dropped beyond it. About 1 KiB of Redis memory per task; 0 = no history."),
     _s("history_args", "failures", t.choice("all", "failures", "none"),
-       "Whose arguments the history keeps (up to 2 KiB of JSON each): `failures` (failed and retried tasks: "
-       "what the dashboard's retry needs), `all` (costs each task a JSON encoding in its child) or `none`. "
+       "Whose arguments the history keeps (up to 2 KiB of JSON each): `failures` (a failed task's, and a retried "
+       "one's until its next delivery starts: what the dashboard's retry needs; a retried task that then "
+       "succeeds keeps none), `all` (costs each task a JSON encoding in its child) or `none`. "
        "The dashboard shows and searches them with `--show-args` only."),
     # -- workers -----------------------------------------------------------------------------
     _s("worker.nodes", ["1"], t.nodes,
