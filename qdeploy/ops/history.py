@@ -26,8 +26,8 @@ the slot's prefix, which Redis (7 too) allows for keys of the slot the declared 
 A record (`decode`): `id, name, state, queue, node, pid, sent, eta, due,
 received, started, done, runtime, retries, exc, killed, parent, root, group, call` (the JSON text
 `[args, kwargs]` as `history_args` says: of every task, of failed ones and of retried ones until
-their next delivery (the default), or none, when it fits in ARGS_MAX bytes; `call_text`, the start of it, when it does not) and
-`attempts` (earlier deliveries: retries, a child that died). It is
+their next delivery (the default), or none, when it fits in ARGS_MAX bytes; `call_text`, the
+start of it, when it does not) and `attempts` (earlier deliveries: retries, a child that died). It is
 stored as tab-separated text, not JSON: the master builds a record for every task, and a JSON
 encoder cost it more than the rest of its work per task together (bench/history_drain.py).
 """
